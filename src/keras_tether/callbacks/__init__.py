@@ -1,0 +1,1 @@
+"""Callbacks for models built with keras-tether."""

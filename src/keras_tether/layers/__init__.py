@@ -1,0 +1,18 @@
+"""Public layers of keras-tether."""
+
+from keras_tether.layers._conv_transpose import ConvTranspose
+from keras_tether.layers._dense_transpose import DenseTranspose
+from keras_tether.layers._embedding_transpose import EmbeddingTranspose
+from keras_tether.layers._tied_dense import TiedDense
+from keras_tether.layers._tied_layer import TiedLayer
+from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
+
+__all__ = [
+    "ConvTranspose",
+    "DenseTranspose",
+    "EmbeddingTranspose",
+    "TiedDense",
+    "TiedLayer",
+    "WeightedAverage",
+    "weighted_average",
+]

@@ -1,0 +1,5 @@
+import keras
+
+
+class ConvTranspose(keras.layers.Layer):
+    pass

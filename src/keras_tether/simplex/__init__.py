@@ -1,0 +1,1 @@
+"""Maps from free parameters (logits) to the probability simplex."""
