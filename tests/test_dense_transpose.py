@@ -139,9 +139,9 @@ def test_lora_source_is_read_with_its_update():
     source.lora_kernel_b.assign(rng.normal(size=(2, 3)).astype("float32"))
     layer = DenseTranspose(source, use_bias=False)
     x = rng.normal(size=(2, 3)).astype("float32")
-    effective = _np(source._kernel) + (
-        source.lora_alpha / source.lora_rank
-    ) * _np(source.lora_kernel_a) @ _np(source.lora_kernel_b)
+    effective = _np(source._kernel) + (source.lora_alpha / source.lora_rank) * _np(
+        source.lora_kernel_a
+    ) @ _np(source.lora_kernel_b)
     np.testing.assert_allclose(_np(layer(x)), x @ effective.T, rtol=1e-5, atol=1e-5)
     shared = {id(w) for w in layer.shared_variables()}
     assert shared == {

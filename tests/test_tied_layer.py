@@ -345,7 +345,6 @@ def test_data_parallel_on_two_devices_matches_one_device():
         )
         assert done.returncode == 0, done.stderr[-3000:]
 
-
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
     assert results[0]["tied"] and results[1]["tied"]
     np.testing.assert_allclose(

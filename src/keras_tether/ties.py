@@ -204,7 +204,7 @@ def tied_autoencoder(
 
     >>> from keras_tether import ties
     >>> model = ties.tied_autoencoder(input_dim=784, units=[256, 64])
-    >>> tuple(model.output.shape)
+    >>> tuple(model.outputs[0].shape)
     (None, 784)
     >>> model.count_params()  # 784*256 + 256*64 kernels once, plus 4 biases
     218448

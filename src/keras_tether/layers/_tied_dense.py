@@ -115,9 +115,7 @@ class TiedDense(TiedLayer):
             )
         else:
             self.bias = None
-        self.input_spec = keras.layers.InputSpec(
-            min_ndim=2, axes={-1: kernel_shape[0]}
-        )
+        self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: kernel_shape[0]})
 
     @property
     def kernel(self):
