@@ -104,7 +104,8 @@ def run_layer_test(
         target = np.random.default_rng(0).normal(size=eager.shape).astype("float32")
         model.fit(model_inputs, target, batch_size=len(target), epochs=1, verbose=0)
         after = [_to_numpy(w) for w in layer.trainable_weights]
-        for weight, old, new in zip(layer.trainable_weights, before, after):
+        moved = zip(layer.trainable_weights, before, after, strict=True)
+        for weight, old, new in moved:
             assert not np.allclose(old, new), f"{weight.path} did not move in fit"
 
     # Mixed precision: variables stay float32, the output is float16.

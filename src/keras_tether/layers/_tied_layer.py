@@ -262,9 +262,7 @@ def _unique_live_candidate(name, class_name, tied_name, exclude=None):
     """
     taken = {id(exclude)}
     for layer in list(_LIVE_TIED_LAYERS):
-        if layer.tie_pending:
-            taken.add(id(layer.source))
-        elif layer.name == tied_name:
+        if layer.tie_pending or layer.name == tied_name:
             taken.add(id(layer.source))
     candidates = []
     for obj in gc.get_objects():
