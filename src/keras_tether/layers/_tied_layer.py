@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import math
 import weakref
 from typing import Any
 
@@ -113,9 +114,6 @@ class TiedLayer(keras.layers.Layer):
         self._source_holder.layer = source
         self._pending_source_name = None
 
-    def _own_weights(self) -> list:
-        return super().weights
-
     @property
     def weights(self) -> list:
         own = super().weights
@@ -134,12 +132,8 @@ class TiedLayer(keras.layers.Layer):
                 f"You tried to call `count_params` on layer '{self.name}', but "
                 "the layer isn't built. Call it on an input first."
             )
-        return int(
-            sum(
-                int(_size(w.shape))
-                for w in self._trainable_variables + self._non_trainable_variables
-            )
-        )
+        # Only what this layer owns: the shared variables are its source's.
+        return sum(math.prod(w.shape) for w in super().weights)
 
     def __call__(self, *args, **kwargs):
         if self.tie_pending:
@@ -203,13 +197,6 @@ def _shared_of(layer: TiedLayer, source: keras.layers.Layer) -> list:
         return layer.shared_variables()
     finally:
         layer._source_holder.layer = current
-
-
-def _size(shape) -> int:
-    total = 1
-    for dim in shape:
-        total *= int(dim)
-    return total
 
 
 def _all_symbolic(args) -> bool:
