@@ -1,0 +1,101 @@
+"""Argument checks shared by the simplex maps; each error names the argument."""
+
+import math
+import numbers
+
+import numpy as np
+
+# Weights given to `inverse` may come from a float16 source or a hand-typed
+# list, so their sum is only checked to this tolerance.
+_SUM_TOLERANCE = 1e-3
+
+
+def check_number(value: object, name: str) -> float:
+    """Returns `value` as a Python float, or raises `TypeError` naming `name`."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"Expected `{name}` to be a number. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return float(value)
+
+
+def check_positive_number(value: object, name: str) -> float:
+    """Returns `value` as a float if it is a positive finite number."""
+    number = check_number(value, name)
+    if not (math.isfinite(number) and number > 0):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive "
+            f"number. Received: {name}={value}"
+        )
+    return number
+
+
+def check_non_negative_number(value: object, name: str) -> float:
+    """Returns `value` as a float if it is a non-negative finite number."""
+    number = check_number(value, name)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a non-negative "
+            f"number. Received: {name}={value}"
+        )
+    return number
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Returns `value` as a Python bool, or raises `TypeError` naming `name`."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(
+            f"Expected `{name}` to be a boolean. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return bool(value)
+
+
+def check_axis(value: object) -> int:
+    """Returns `value` as a Python int, or raises `TypeError` naming `axis`."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            "Expected `axis` to be an integer. "
+            f"Received: axis={value!r} of type {type(value).__name__}"
+        )
+    return int(value)
+
+
+def _describe(array: np.ndarray) -> str:
+    return np.array2string(array, separator=", ", threshold=20)
+
+
+def check_simplex_weights(weights: np.ndarray, axis: int) -> None:
+    """Raises `ValueError` unless `weights` lie on the simplex along `axis`."""
+    if weights.ndim == 0:
+        raise ValueError(
+            "Received an invalid value for `weights`, expected an array with at "
+            f"least one dimension. Received: weights={_describe(weights)}"
+        )
+    if not -weights.ndim <= axis < weights.ndim:
+        raise ValueError(
+            f"Received an invalid value for `axis`, expected an axis of `weights`, "
+            f"which has {weights.ndim} dimension(s). Received: axis={axis}"
+        )
+    sums = weights.sum(axis=axis)
+    if (
+        not np.all(np.isfinite(weights))
+        or np.any(weights < 0)
+        or np.any(np.abs(sums - 1.0) > _SUM_TOLERANCE)
+    ):
+        raise ValueError(
+            "Received an invalid value for `weights`, expected non-negative "
+            f"numbers that sum to 1 along axis {axis}. "
+            f"Received: weights={_describe(weights)}"
+        )
+
+
+def check_positive_weights(weights: np.ndarray, map_name: str) -> None:
+    """Raises `ValueError` if `weights` has a zero the map cannot produce."""
+    if np.any(weights == 0):
+        raise ValueError(
+            f"Received an invalid value for `weights`: the `{map_name}` map "
+            "never outputs an exact zero, so every weight must be positive. "
+            f"Received: weights={_describe(weights)}"
+        )
