@@ -1,0 +1,89 @@
+"""Mix the outputs of parallel MLPs with trainable weights that sum to one.
+
+The question this answers: three parallel MLPs each end in a `(10,)` output,
+and the model should return `W1 * out1 + W2 * out2 + W3 * out3` with
+trainable `W1 + W2 + W3 = 1`; and what if there are N parallel branches?
+
+With keras-tether the mixture is one layer, `WeightedAverage`, called on the
+list of branch outputs like `keras.layers.Add`. It learns one logit per
+branch and maps them onto the simplex (softmax by default), so the weights
+stay non-negative and sum to one at every step, for any N. The model saves
+and loads as a plain `.keras` file, and `mixture_weights` reads the current
+weights as a NumPy array.
+
+Run it as a script (small sizes by default so it finishes in seconds):
+
+    python examples/seed_mixing.py --branches 3 --epochs 10 --samples 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import keras
+import numpy as np
+
+import keras_tether
+
+INPUT_DIM = 100
+HIDDEN_UNITS = 32
+OUTPUT_DIM = 10
+
+
+def build_model(num_branches: int = 3) -> keras.Model:
+    """N parallel MLPs on their own inputs, mixed by a `WeightedAverage`."""
+    inputs = [
+        keras.Input(shape=(INPUT_DIM,), name=f"input_{i + 1}")
+        for i in range(num_branches)
+    ]
+    outputs = []
+    for i, x in enumerate(inputs):
+        hidden = keras.layers.Dense(HIDDEN_UNITS, activation="relu")(x)
+        outputs.append(keras.layers.Dense(OUTPUT_DIM, name=f"mlp_{i + 1}")(hidden))
+    mixed = keras_tether.layers.WeightedAverage(name="mixture")(outputs)
+    return keras.Model(inputs, mixed)
+
+
+def main(
+    epochs: int = 10,
+    samples: int = 1000,
+    num_branches: int = 3,
+    seed: int = 0,
+    verbose: int = 0,
+) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """Trains the model of the question on random data.
+
+    Returns:
+        The trained model, and its mixture weights before and after `fit`.
+    """
+    keras.utils.set_random_seed(seed)
+    rng = np.random.default_rng(seed)
+    x = [
+        rng.uniform(0, 1, (samples, INPUT_DIM)).astype("float32")
+        for _ in range(num_branches)
+    ]
+    y = rng.uniform(0, 1, (samples, OUTPUT_DIM)).astype("float32")
+
+    model = build_model(num_branches)
+    model.compile(optimizer="adam", loss="mse")
+    mixture = model.get_layer("mixture")
+    before = mixture.mixture_weights
+    model.fit(x, y, epochs=epochs, batch_size=32, verbose=verbose)
+    after = mixture.mixture_weights
+    print(f"mixture weights before fit: {np.round(before, 4)}")
+    print(f"mixture weights after fit:  {np.round(after, 4)} (sum {after.sum():.6f})")
+    return model, before, after
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--branches", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--samples", type=int, default=1000)
+    args = parser.parse_args()
+    main(
+        epochs=args.epochs,
+        samples=args.samples,
+        num_branches=args.branches,
+        verbose=1,
+    )

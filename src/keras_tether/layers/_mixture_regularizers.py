@@ -1,0 +1,74 @@
+"""Regularizers for mixture weights that lie on the probability simplex."""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from keras_tether._types import Tensor
+
+_TOWARD = ("sparse", "uniform")
+_LOG_FLOOR = 1e-12
+
+
+@keras.saving.register_keras_serializable(package="keras_tether")
+class EntropyRegularizer(keras.regularizers.Regularizer):
+    """Pushes mixture weights toward one branch or toward an even mix.
+
+    The regularizer receives normalized weights `w` whose axis 0 runs over the
+    `N` branches (shape `(N,)`, or `(N, features)` for per-feature mixtures)
+    and measures the Shannon entropy `H(w) = -sum_i w_i log w_i` of each
+    mixture. With `toward="sparse"` the penalty is `strength * H(w)`: it is
+    smallest for a one-hot mixture, so the layer learns to pick few branches.
+    With `toward="uniform"` the penalty is `strength * (log N - H(w))`, the
+    Kullback-Leibler divergence from `w` to the uniform mixture: it is zero
+    for equal weights and keeps every branch in play. Per-feature mixtures
+    are averaged over the features. Zero weights (sparsemax, entmax) count as
+    `0 log 0 = 0`.
+
+    Args:
+        strength: Non-negative float, the coefficient of the penalty.
+        toward: String, `"sparse"` (minimize the entropy) or `"uniform"`
+            (minimize the divergence from the uniform mixture).
+
+    Example:
+
+    >>> regularizer = EntropyRegularizer(strength=1.0, toward="uniform")
+    >>> float(regularizer(np.array([0.5, 0.5], "float32")))
+    0.0
+    >>> round(float(EntropyRegularizer(1.0)(np.array([0.5, 0.5]))), 4)
+    0.6931
+    """
+
+    def __init__(self, strength: float = 0.01, toward: str = "sparse"):
+        if (
+            isinstance(strength, bool)
+            or not isinstance(strength, int | float)
+            or not math.isfinite(strength)
+            or strength < 0
+        ):
+            raise ValueError(
+                "Received an invalid value for `strength`, expected a "
+                f"non-negative number. Received: strength={strength!r}"
+            )
+        if toward not in _TOWARD:
+            raise ValueError(
+                "Received an invalid value for `toward`, expected one of "
+                f"{_TOWARD}. Received: toward={toward!r}"
+            )
+        self.strength = float(strength)
+        self.toward = toward
+
+    def __call__(self, weights: Tensor) -> Tensor:
+        weights = ops.cast(weights, "float32")
+        entropy = -ops.sum(weights * ops.log(ops.maximum(weights, _LOG_FLOOR)), axis=0)
+        if self.toward == "uniform":
+            penalty = math.log(weights.shape[0]) - entropy
+        else:
+            penalty = entropy
+        return self.strength * ops.mean(penalty)
+
+    def get_config(self) -> dict:
+        return {"strength": self.strength, "toward": self.toward}
