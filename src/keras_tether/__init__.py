@@ -6,8 +6,16 @@ whose weights are tied to another layer's, on every Keras backend.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from keras_tether import callbacks, layers, simplex, ties
-from keras_tether.layers import (
+from keras_tether._backend_choice import choose_backend
+
+# A library should not pick the user's backend. This one steps in only where
+# `import keras` would otherwise fail: no backend chosen, so Keras defaults to
+# TensorFlow, and TensorFlow is not installed. It must run before anything
+# below imports Keras, which reads the backend once, on import.
+choose_backend()
+
+from keras_tether import callbacks, layers, simplex, ties  # noqa: E402
+from keras_tether.layers import (  # noqa: E402
     ConvTranspose,
     DenseTranspose,
     EmbeddingTranspose,
@@ -16,7 +24,7 @@ from keras_tether.layers import (
     WeightedAverage,
     weighted_average,
 )
-from keras_tether.ties import tied_autoencoder
+from keras_tether.ties import tied_autoencoder  # noqa: E402
 
 try:
     __version__ = version("keras-tether")

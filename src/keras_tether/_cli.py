@@ -1,0 +1,176 @@
+"""The `keras-tether` command line: `demo`, `inspect` and `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+import keras
+
+from keras_tether import __version__, _bench, _inspect
+
+PROG = "keras-tether"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the `keras-tether` command line and returns its exit code.
+
+    Args:
+        argv: The arguments after the program name; defaults to `sys.argv[1:]`.
+    """
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.handler(args)
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Keras 3 layers with structured weights: learnable mixtures whose "
+            "weights stay on the probability simplex (WeightedAverage) and "
+            "layers whose weights are tied to another layer's (DenseTranspose)."
+        ),
+        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=(
+            f"{PROG} {__version__} (keras {keras.__version__}, "
+            f"backend {keras.backend.backend()})"
+        ),
+    )
+    commands = parser.add_subparsers(
+        dest="command", title="commands", metavar="COMMAND"
+    )
+
+    demo = commands.add_parser(
+        "demo",
+        help="train two small example models and write a report with plots",
+        description=(
+            "Train a learned mixture of three branches and a tied autoencoder "
+            "on scikit-learn's 8x8 digits, and write report.md, results.json "
+            "and PNG plots. Needs the 'demo' extra: "
+            "pip install 'keras-tether[demo]'."
+        ),
+    )
+    demo.add_argument(
+        "--out",
+        default="demo-output",
+        metavar="DIR",
+        help="folder for the report and plots, created if missing "
+        "(default: %(default)s)",
+    )
+    demo.add_argument(
+        "--epochs",
+        type=_bench.positive_int,
+        metavar="N",
+        help="training epochs of every model (default: the demo's own)",
+    )
+    demo.set_defaults(handler=_run_demo)
+
+    inspect = commands.add_parser(
+        "inspect",
+        help="list the mixtures, tied weights and parameter savings of a model",
+        description=(
+            "Load a model saved with model.save('model.keras') (safe mode, so "
+            "no code in the file runs) and list every WeightedAverage with its "
+            "current weights, every tie between layers with the variables it "
+            "shares, and the parameter count with and without the ties."
+        ),
+    )
+    inspect.add_argument("model", metavar="MODEL.keras", help="the saved model")
+    inspect.add_argument(
+        "--json",
+        action="store_true",
+        help="print JSON with the keys 'mixtures', 'ties' and 'params'",
+    )
+    inspect.set_defaults(handler=_run_inspect)
+
+    bench = commands.add_parser(
+        "bench",
+        help="time WeightedAverage and tied layers against plain Keras",
+        description=(
+            "Time training steps of models built with keras-tether against "
+            "the same models built with plain Keras layers (Add, untied "
+            "Dense), once per backend, each backend in its own process, and "
+            "print a table of step times and ratios with their targets."
+        ),
+    )
+    bench.add_argument(
+        "--backends",
+        type=_backend_list,
+        metavar="LIST",
+        help="comma-separated backends to measure, from "
+        f"{','.join(_bench.BACKENDS)} (default: those installed)",
+    )
+    _bench.add_timing_arguments(bench)
+    bench.add_argument(
+        "--out",
+        metavar="FILE.json",
+        help="also write every number, with the environment, to this JSON file",
+    )
+    bench.set_defaults(handler=_run_bench)
+    return parser
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    # The demo needs matplotlib and scikit-learn, the optional 'demo' extra.
+    from keras_tether import _demo
+
+    return _demo.run(out_dir=args.out, epochs=args.epochs)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    try:
+        report = _inspect.inspect_file(args.model)
+    except _inspect.ModelReadError as error:
+        print(f"{PROG}: cannot read model '{args.model}': {error}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_inspect.format_report(report, title=f"Model file: {args.model}"))
+    return 0
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    backends = args.backends or _bench.installed_backends()
+    if not backends:
+        print(
+            f"{PROG}: no backend to measure: none of "
+            f"{', '.join(_bench.BACKENDS)} is installed",
+            file=sys.stderr,
+        )
+        return 2
+    return _bench.run_all(
+        backends,
+        quick=args.quick,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        out=args.out,
+    )
+
+
+def _backend_list(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in _bench.BACKENDS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(_bench.BACKENDS)}; "
+            f"got {text!r}"
+        )
+    missing = [name for name in names if name not in _bench.installed_backends()]
+    if missing:
+        raise argparse.ArgumentTypeError(f"not installed: {', '.join(missing)}")
+    return list(dict.fromkeys(names))

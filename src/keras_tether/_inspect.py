@@ -1,0 +1,196 @@
+"""`keras-tether inspect`: the mixtures, ties and parameter savings of a model."""
+
+from __future__ import annotations
+
+import os
+import zipfile
+from typing import Any
+
+import keras
+import numpy as np
+
+from keras_tether import ties
+from keras_tether.layers import WeightedAverage
+
+# Mixture weights are shown to this many decimals.
+DECIMALS = 4
+
+_LEGACY_SUFFIXES = (".h5", ".hdf5")
+
+
+class ModelReadError(Exception):
+    """A file that cannot be read as a Keras model, with a one-line reason."""
+
+
+def load_model(path: str | os.PathLike) -> keras.Model:
+    """Loads a `.keras` model with `safe_mode=True` for inspection.
+
+    The training configuration is not restored (`compile=False`): inspection
+    needs only the layers and their weights.
+
+    Raises:
+        ModelReadError: if `path` is missing, is not a Keras model file, or
+            Keras cannot load it.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise ModelReadError("no such file")
+    if os.path.isdir(path):
+        # Keras reads a directory only if it holds an unzipped `.keras` model.
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ModelReadError("it is a folder, expected a .keras file")
+    elif not path.lower().endswith(_LEGACY_SUFFIXES) and not zipfile.is_zipfile(path):
+        raise ModelReadError(
+            "not a .keras file, or a damaged one (expected the zip archive "
+            "that `model.save` writes)"
+        )
+    try:
+        model = keras.saving.load_model(path, compile=False, safe_mode=True)
+    except Exception as error:  # Keras raises many types; the user needs one line
+        raise ModelReadError(f"Keras could not load it: {_one_line(error)}") from error
+    if not isinstance(model, keras.layers.Layer):
+        raise ModelReadError(
+            f"it holds a {type(model).__name__}, expected a Keras model"
+        )
+    return model
+
+
+def describe_model(model: keras.Model) -> dict[str, Any]:
+    """Describes the mixtures, the ties and the parameter count of `model`.
+
+    Returns:
+        A JSON-serializable dict with exactly the keys `mixtures` (one entry
+        per `WeightedAverage`, nested models included), `ties` (one entry per
+        tie, from `keras_tether.ties.list_ties`) and `params`: `total` counts
+        every shared variable once, `if_untied` counts a separate copy for
+        every layer that uses it, and `saved_by_ties` is the difference.
+    """
+    mixtures = [_describe_mixture(layer) for layer in _mixing_layers(model)]
+    records = ties.list_ties(model)
+    total = ties.count_params(model)
+    if_untied = total + _extra_params_if_untied(records)
+    return {
+        "mixtures": mixtures,
+        "ties": [_describe_tie(record) for record in records],
+        "params": {
+            "total": total,
+            "if_untied": if_untied,
+            "saved_by_ties": if_untied - total,
+        },
+    }
+
+
+def inspect_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Loads the model at `path` and describes it (see `describe_model`)."""
+    return describe_model(load_model(path))
+
+
+def format_report(report: dict[str, Any], title: str | None = None) -> str:
+    """Renders a `describe_model` report as text for a terminal."""
+    lines = [title, ""] if title else []
+    mixtures = report["mixtures"]
+    lines.append(f"Mixtures ({len(mixtures)}):")
+    if not mixtures:
+        lines.append("  none")
+    for mixture in mixtures:
+        lines.append(
+            f"  {mixture['layer']}  simplex={mixture['simplex']}  "
+            f"inputs={mixture['inputs']}"
+        )
+        weights = np.asarray(mixture["weights"])
+        if weights.ndim == 1:
+            lines.append(f"      weights: {_format_vector(weights)}")
+        else:
+            lines.append(
+                f"      per-feature weights, shape {weights.shape}; mean over "
+                f"features: {_format_vector(weights.mean(axis=-1))}"
+            )
+    lines.append("")
+    tie_list = report["ties"]
+    lines.append(f"Ties ({len(tie_list)}):")
+    if not tie_list:
+        lines.append("  none")
+    for tie in tie_list:
+        transform = tie["transform"] or "none"
+        lines.append(
+            f"  {tie['layer']} ({tie['layer_class']}) -> {tie['source']} "
+            f"({tie['source_class']})  transform={transform}"
+        )
+        for path, shape in zip(tie["variables"], tie["shapes"], strict=True):
+            lines.append(f"      {path}  shape {tuple(shape)}")
+        if not tie["source_in_model"]:
+            lines.append("      (the source layer is not one of the model's layers)")
+    lines.append("")
+    params = report["params"]
+    saved = params["saved_by_ties"]
+    share = f" ({saved / params['if_untied']:.1%})" if params["if_untied"] else ""
+    lines.append("Parameters:")
+    lines.append(f"  counting each shared variable once:  {params['total']:,}")
+    lines.append(f"  if every tie were a separate copy:   {params['if_untied']:,}")
+    lines.append(f"  saved by ties:                       {saved:,}{share}")
+    return "\n".join(lines)
+
+
+def _mixing_layers(model: keras.layers.Layer) -> list[WeightedAverage]:
+    found: list[WeightedAverage] = []
+    seen: set[int] = set()
+
+    def visit(layer):
+        if id(layer) in seen:
+            return
+        seen.add(id(layer))
+        if isinstance(layer, WeightedAverage):
+            found.append(layer)
+        for inner in getattr(layer, "layers", None) or []:
+            visit(inner)
+
+    visit(model)
+    return found
+
+
+def _describe_mixture(layer: WeightedAverage) -> dict[str, Any]:
+    weights = np.asarray(layer.mixture_weights, dtype=np.float64)
+    return {
+        "layer": layer.name,
+        "simplex": layer.simplex.name,
+        "inputs": int(weights.shape[0]),
+        "shape": list(weights.shape),
+        "weights": np.round(weights, DECIMALS).tolist(),
+    }
+
+
+def _describe_tie(record: ties.Tie) -> dict[str, Any]:
+    return {
+        "layer": record.layer,
+        "layer_class": record.layer_class,
+        "source": record.source,
+        "source_class": record.source_class,
+        "variables": list(record.variables),
+        "shapes": [list(shape) for shape in record.shapes],
+        "transform": record.transform,
+        "source_in_model": record.source_in_model,
+    }
+
+
+def _extra_params_if_untied(records: list[ties.Tie]) -> int:
+    # A shared variable has one user per tie reading it, plus its owner when
+    # the owner is in the model; untied, every user would hold its own copy.
+    users: dict[str, int] = {}
+    sizes: dict[str, int] = {}
+    for record in records:
+        for path, shape in zip(record.variables, record.shapes, strict=True):
+            if path not in users:
+                users[path] = 1 if record.source_in_model else 0
+                sizes[path] = int(np.prod(shape, dtype=np.int64))
+            users[path] += 1
+    return sum((count - 1) * sizes[path] for path, count in users.items())
+
+
+def _format_vector(values: np.ndarray) -> str:
+    return "[" + ", ".join(f"{value:.{DECIMALS}f}" for value in values) + "]"
+
+
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    reason = text or type(error).__name__
+    return reason if len(reason) <= 200 else reason[:197] + "..."

@@ -1,0 +1,289 @@
+"""Tests of `keras-tether bench`: its method, its report and its JSON.
+
+Speed is not tested here; `make bench` measures it. These tests run the
+benchmark in `--quick` mode on the backend under test and check that it
+reports what it claims to measure.
+"""
+
+import contextlib
+import io
+import json
+import math
+import statistics
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from keras_tether import _bench, _cli
+
+BACKEND = keras.backend.backend()
+ROUNDS = 2
+
+# The targets as the project set them: ours / baseline step time.
+EXPECTED_TARGETS = {
+    "stress": {"jax": 1.10, "tensorflow": 1.25, "torch": 1.25}[BACKEND],
+    "seed scenario": 1.05,
+    "tied autoencoder": 1.05,
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """A quick benchmark of this backend, in-process: (exit code, JSON, stdout)."""
+    path = tmp_path_factory.mktemp("bench") / "result.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = _bench.main(
+            [
+                "--backend",
+                BACKEND,
+                "--quick",
+                "--rounds",
+                str(ROUNDS),
+                "--out",
+                str(path),
+            ]
+        )
+    with open(path) as file:
+        return code, json.load(file), stdout.getvalue()
+
+
+def test_quick_run_succeeds_and_records_its_settings(quick_run):
+    code, result, _ = quick_run
+    assert code == 0
+    assert result["backend"] == BACKEND
+    assert result["settings"]["quick"] is True
+    assert result["settings"]["rounds"] == ROUNDS
+    assert result["settings"]["warmup"] >= 1
+    environment = result["environment"]
+    assert environment["versions"]["keras"] == keras.__version__
+    assert environment["cpu_count"] >= 1
+    assert isinstance(environment["thread_variables"], dict)
+
+
+def test_quick_run_reports_every_comparison(quick_run):
+    _, result, _ = quick_run
+    rows = [(row["benchmark"], row["ours"], row["baseline"]) for row in result["rows"]]
+    assert rows == [
+        ("stress", "WeightedAverage", "Add"),
+        ("stress", "seed formula", "Add"),
+        ("stress forward", "WeightedAverage", "Add"),
+        ("seed scenario", "WeightedAverage", "Add"),
+        ("tied autoencoder", "tied (DenseTranspose)", "untied (Dense)"),
+    ]
+    targets = [row["target"] for row in result["rows"]]
+    assert targets == [
+        EXPECTED_TARGETS["stress"],
+        None,
+        None,
+        EXPECTED_TARGETS["seed scenario"],
+        EXPECTED_TARGETS["tied autoencoder"],
+    ]
+
+
+def test_quick_run_numbers_are_positive_and_consistent(quick_run):
+    _, result, _ = quick_run
+    comparisons = {c["name"]: c for c in result["comparisons"]}
+    labels = {
+        c["name"]: {m["label"]: m for m in c["models"].values()}
+        for c in result["comparisons"]
+    }
+    for row in result["rows"]:
+        assert row["backend"] == BACKEND
+        for key in ("ours_ms", "baseline_ms", "ratio"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        models = labels[row["benchmark"]]
+        ours = np.array(models[row["ours"]]["round_ms"])
+        baseline = np.array(models[row["baseline"]]["round_ms"])
+        assert len(ours) == len(baseline) == ROUNDS
+        assert np.all(ours > 0) and np.all(baseline > 0)
+        assert row["ours_ms"] == pytest.approx(np.median(ours))
+        assert row["baseline_ms"] == pytest.approx(np.median(baseline))
+        # The ratio is the median of the per-round ratios.
+        assert row["ratio"] == pytest.approx(np.median(ours / baseline))
+        if row["target"] is None:
+            assert row["met"] is None
+        else:
+            assert row["met"] is (row["ratio"] <= row["target"])
+    for comparison in comparisons.values():
+        assert comparison["steps_per_round"] >= 1
+
+
+def test_quick_run_counts_the_autoencoder_parameters(quick_run):
+    _, result, _ = quick_run
+    (autoencoder,) = [
+        c for c in result["comparisons"] if c["name"] == "tied autoencoder"
+    ]
+    sizes = [_bench.QUICK.autoencoder_input, *_bench.QUICK.autoencoder_units]
+    kernels = sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
+    encoder_biases = sum(sizes[1:])
+    decoder_biases = sum(sizes[:-1])
+    assert autoencoder["kernel_params"] == {"tied": kernels, "untied": 2 * kernels}
+    biases = encoder_biases + decoder_biases
+    assert autoencoder["total_params"] == {
+        "tied": kernels + biases,
+        "untied": 2 * kernels + biases,
+    }
+
+
+def test_quick_run_prints_a_table(quick_run):
+    _, result, stdout = quick_run
+    lines = stdout.strip().splitlines()
+    header = [cell.strip() for cell in lines[0].split("|")]
+    assert header == [
+        "backend",
+        "benchmark",
+        "ours (ms/step)",
+        "baseline (ms/step)",
+        "ratio",
+        "target",
+        "met",
+    ]
+    body = lines[2:]
+    assert len(body) == len(result["rows"])
+    for line, row in zip(body, result["rows"], strict=True):
+        cells = [cell.strip() for cell in line.split("|")]
+        assert cells[0] == BACKEND
+        assert cells[1] == f"{row['benchmark']}: {row['ours']} vs {row['baseline']}"
+        assert float(cells[4]) == pytest.approx(row["ratio"], abs=5e-4)
+
+
+class _FakeModel:
+    jit_compile = False
+
+
+def test_time_candidates_rotates_the_order_every_round():
+    log = []
+    candidates = [
+        _bench.Candidate(
+            key, key.upper(), _FakeModel(), lambda key=key: log.append(key)
+        )
+        for key in ("a", "b", "c")
+    ]
+    sizes = _bench.QUICK
+    timing = _bench.time_candidates(candidates, sizes, rounds=4, warmup=2)
+
+    steps = timing["steps_per_round"]
+    assert 1 <= steps <= sizes.max_steps_per_round
+    assert log[:6] == ["a", "a", "b", "b", "c", "c"]
+    blocks = [log[i] for i in range(6, len(log), steps)]
+    assert blocks == list("abcbcacababc")
+    assert len(log) == 6 + 4 * 3 * steps
+    for key in "abc":
+        model = timing["models"][key]
+        assert model["label"] == key.upper()
+        assert len(model["round_ms"]) == 4
+        assert model["median_ms"] == statistics.median(model["round_ms"])
+
+
+def test_ratio_is_the_median_of_round_ratios_not_of_medians():
+    timing = {
+        "models": {
+            "ours": {"label": "Ours", "median_ms": 4.0, "round_ms": [2.0, 4.0, 9.0]},
+            "base": {"label": "Base", "median_ms": 1.0, "round_ms": [1.0, 1.0, 3.0]},
+        }
+    }
+    row = _bench._row("toy", timing, "ours", "base", target=3.5)
+    # Per-round ratios 2, 4 and 3: their median is 3, the ratio of medians 4.
+    assert row["round_ratios"] == [2.0, 4.0, 3.0]
+    assert row["ratio"] == 3.0
+    assert row["met"] is True
+    assert _bench._row("toy", timing, "ours", "base", target=2.5)["met"] is False
+
+
+def test_format_table_marks_targets():
+    rows = [
+        {
+            "backend": "jax",
+            "benchmark": "stress",
+            "ours": "A",
+            "baseline": "B",
+            "ours_ms": 2.0,
+            "baseline_ms": 1.0,
+            "ratio": 2.0,
+            "target": 1.1,
+            "met": False,
+        },
+        {
+            "backend": "jax",
+            "benchmark": "stress",
+            "ours": "C",
+            "baseline": "B",
+            "ours_ms": 1.0,
+            "baseline_ms": 1.0,
+            "ratio": 1.0,
+            "target": None,
+            "met": None,
+        },
+    ]
+    lines = _bench.format_table(rows).splitlines()
+    assert [cell.strip() for cell in lines[2].split("|")][-2:] == ["<= 1.10", "NO"]
+    assert [cell.strip() for cell in lines[3].split("|")][-2:] == ["-", "-"]
+
+
+def test_main_refuses_a_backend_keras_is_not_using(capsys):
+    other = next(name for name in _bench.BACKENDS if name != BACKEND)
+    assert _bench.main(["--backend", other, "--quick"]) == 2
+    err = capsys.readouterr().err
+    assert f"KERAS_BACKEND={other}" in err
+
+
+def test_cli_bench_runs_each_backend_in_a_subprocess(
+    quick_run, monkeypatch, tmp_path, capsys
+):
+    _, result, _ = quick_run
+    calls = []
+
+    def run(command, env, capture_output, text):
+        calls.append((command, env["KERAS_BACKEND"]))
+        out = command[command.index("--out") + 1]
+        with open(out, "w") as file:
+            json.dump(result, file)
+        return _Completed(0)
+
+    monkeypatch.setattr(_bench.subprocess, "run", run)
+    out = tmp_path / "new" / "folder" / "bench.json"
+    argv = ["bench", "--backends", BACKEND, "--quick", "--rounds", "2"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+
+    (command, env_backend), *others = calls
+    assert others == []
+    assert env_backend == BACKEND
+    assert command[:3] == [sys.executable, "-m", "keras_tether._bench"]
+    assert command[command.index("--backend") + 1] == BACKEND
+    assert "--quick" in command
+    assert command[command.index("--rounds") + 1] == "2"
+    combined = json.loads(out.read_text())
+    assert combined["rows"] == result["rows"]
+    assert combined["results"] == {BACKEND: result}
+    assert combined["failures"] == {}
+    assert combined["settings"]["rounds"] == 2
+    assert "environment" in combined
+    printed = capsys.readouterr().out
+    assert "ours (ms/step)" in printed
+    assert "tied autoencoder kernels" in printed
+
+
+def test_cli_bench_reports_a_failed_backend(monkeypatch, tmp_path, capsys):
+    def run(command, env, capture_output, text):
+        return _Completed(1, stderr="lots of noise\nImportError: no backend here\n")
+
+    monkeypatch.setattr(_bench.subprocess, "run", run)
+    out = tmp_path / "bench.json"
+    assert _cli.main(["bench", "--backends", BACKEND, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert f"{BACKEND} failed: exit code 1: ImportError: no backend here" in err
+    combined = json.loads(out.read_text())
+    assert combined["rows"] == []
+    assert combined["failures"] == {
+        BACKEND: "exit code 1: ImportError: no backend here"
+    }
+
+
+class _Completed:
+    def __init__(self, returncode, stderr=""):
+        self.returncode = returncode
+        self.stdout = ""
+        self.stderr = stderr
