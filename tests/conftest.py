@@ -16,13 +16,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "keras"))
 
 @pytest.fixture(autouse=True)
 def _fresh_keras_state():
-    """Each test starts with the default policy, a fixed seed and a clean session."""
+    """Each test starts with the default float32 policy and a fixed seed."""
     keras.config.set_dtype_policy("float32")
     keras.utils.set_random_seed(1234)
     np.random.seed(1234)
     yield
     keras.config.set_dtype_policy("float32")
-    keras.backend.clear_session()
 
 
 def pytest_report_header(config):

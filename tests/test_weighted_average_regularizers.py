@@ -9,9 +9,8 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_tether.layers import WeightedAverage
+from keras_tether.layers import EntropyRegularizer, WeightedAverage
 from keras_tether.layers import _mixture_regularizers as mixture_regularizers_module
-from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 
 
 def np_entropy(weights):

@@ -3,6 +3,7 @@
 from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
+from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
 from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
@@ -11,6 +12,7 @@ __all__ = [
     "ConvTranspose",
     "DenseTranspose",
     "EmbeddingTranspose",
+    "EntropyRegularizer",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",

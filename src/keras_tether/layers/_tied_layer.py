@@ -251,20 +251,28 @@ def _unique_live_candidate(name, class_name, tied_name, exclude=None):
     for layer in list(_LIVE_TIED_LAYERS):
         if layer.tie_pending or layer.name == tied_name:
             taken.add(id(layer.source))
-    candidates = []
+    candidates = _live_layers(name, class_name, taken)
+    if len(candidates) > 1:
+        # Unreachable layers awaiting collection must not count as rivals.
+        gc.collect()
+        candidates = _live_layers(name, class_name, taken)
+    return candidates[0] if len(candidates) == 1 else None
+
+
+def _live_layers(name, class_name, taken) -> list:
+    found = []
     for obj in gc.get_objects():
-        try:
-            if not isinstance(obj, keras.layers.Layer):
-                continue
-        except Exception:  # proxies whose class lookup fails are not layers
+        # `type()` rather than `isinstance`: some module proxies override
+        # `__class__` with a warning or an error.
+        if not issubclass(type(obj), keras.layers.Layer):
             continue
         if (
             obj.name == name
             and type(obj).__name__ == class_name
             and id(obj) not in taken
         ):
-            candidates.append(obj)
-    return candidates[0] if len(candidates) == 1 else None
+            found.append(obj)
+    return found
 
 
 def _pending_message(layer: TiedLayer) -> str:
