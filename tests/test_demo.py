@@ -1,0 +1,136 @@
+import contextlib
+import io
+import json
+import struct
+import sys
+
+import keras
+import pytest
+
+from keras_tether import _demo
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+EPOCHS = 2
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    # The demo's models are tiny: with several torch threads on a busy CPU,
+    # waiting for each other costs far more than the arithmetic they share.
+    if keras.backend.backend() != "torch":
+        yield
+        return
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """Runs the demo once, with few epochs, for every test of its output."""
+    out_dir = tmp_path_factory.mktemp("demo") / "output"
+    printed = io.StringIO()
+    with _one_torch_thread(), contextlib.redirect_stdout(printed):
+        exit_code = _demo.run(str(out_dir), epochs=EPOCHS)
+    keras.backend.clear_session()
+    results = json.loads((out_dir / "results.json").read_text())
+    return exit_code, out_dir, printed.getvalue(), results
+
+
+def test_demo_succeeds_and_writes_every_file(demo_run):
+    exit_code, out_dir, _, _ = demo_run
+    assert exit_code == 0
+    assert sorted(path.name for path in out_dir.iterdir()) == [
+        "mixture_weights.png",
+        "reconstructions.png",
+        "report.md",
+        "results.json",
+    ]
+
+
+@pytest.mark.parametrize("name", ["mixture_weights.png", "reconstructions.png"])
+def test_plots_are_png_images(demo_run, name):
+    data = (demo_run[1] / name).read_bytes()
+    assert data[:8] == PNG_SIGNATURE
+    assert data[12:16] == b"IHDR"
+    width, height = struct.unpack(">II", data[16:24])
+    assert width > 100 and height > 100
+
+
+def test_report_states_the_numbers(demo_run):
+    _, out_dir, _, results = demo_run
+    report = (out_dir / "report.md").read_text()
+    for value in results["test_accuracy"].values():
+        assert f"{value:.3f}" in report
+    for value in results["mixture_weights"].values():
+        assert f"{value:.3f}" in report
+    for value in results["parameters"].values():
+        assert str(value) in report
+    for value in results["test_reconstruction_mse"].values():
+        assert f"{value:.4f}" in report
+    assert "](mixture_weights.png)" in report
+    assert "](reconstructions.png)" in report
+
+
+def test_progress_is_a_line_per_phase_then_the_tables(demo_run):
+    _, _, printed, results = demo_run
+    lines = printed.splitlines()
+    training = [line for line in lines if line.strip().startswith("training")]
+    assert len(training) == 2
+    assert all(" done in " in line for line in training)
+    # Keras' per-batch progress bars would print steps and ETAs.
+    assert not any("step" in line or "ETA" in line for line in lines)
+    assert f"{results['test_accuracy']['weighted']:.3f}" in printed
+    assert "| autoencoder" in printed
+
+
+def test_parameter_counts(demo_run):
+    parameters = demo_run[3]["parameters"]
+    encoder_kernels = 64 * 32 + 32 * 8
+    biases = 32 + 8 + 32 + 64
+    assert parameters == {
+        "tied": encoder_kernels + biases,
+        "untied": 2 * encoder_kernels + biases,
+    }
+
+
+def test_noise_branch_gets_the_smallest_weight(demo_run):
+    results = demo_run[3]
+    weights = results["mixture_weights"]
+    assert abs(sum(weights.values()) - 1.0) < 1e-5
+    assert weights["noise"] < weights["left"]
+    assert weights["noise"] < weights["right"]
+    record = results["mixture_weights_over_epochs"]
+    assert len(record) == EPOCHS + 1
+    assert record[0] == pytest.approx([1 / 3] * 3, abs=1e-6)
+    assert record[-1] == pytest.approx(
+        [weights["left"], weights["right"], weights["noise"]]
+    )
+
+
+def test_lone_branches_learn_only_from_the_image(demo_run):
+    accuracy = demo_run[3]["test_accuracy"]
+    assert accuracy["noise"] < 0.3
+    assert accuracy["left"] > accuracy["noise"] + 0.2
+    assert accuracy["right"] > accuracy["noise"] + 0.2
+
+
+@pytest.mark.parametrize("epochs", [0, -3, 2.5, True])
+def test_invalid_epochs_exit_with_code_2(tmp_path, capsys, epochs):
+    assert _demo.run(str(tmp_path / "unused"), epochs=epochs) == 2
+    assert f"epochs={epochs!r}" in capsys.readouterr().err
+    assert not (tmp_path / "unused").exists()
+
+
+def test_missing_demo_extra_exits_with_code_1(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    assert _demo.run(str(tmp_path / "unused")) == 1
+    message = capsys.readouterr().err
+    assert "matplotlib" in message
+    assert "pip install 'keras-tether[demo]'" in message
+    assert not (tmp_path / "unused").exists()
