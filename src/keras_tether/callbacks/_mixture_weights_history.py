@@ -66,7 +66,7 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
     [0, 1]
     >>> [weights.shape for weights in recorder.history["mix"]]
     [(3,), (3,)]
-    >>> np.round(recorder.initial["mix"], 3).tolist()
+    >>> [round(float(w), 3) for w in recorder.initial["mix"]]
     [0.333, 0.333, 0.333]
     """
 

@@ -35,6 +35,8 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
 
     Example:
 
+    >>> import numpy as np
+    >>> from keras_tether.layers import EntropyRegularizer
     >>> regularizer = EntropyRegularizer(strength=1.0, toward="uniform")
     >>> float(regularizer(np.array([0.5, 0.5], "float32")))
     0.0

@@ -65,6 +65,27 @@ class TiedLayer(keras.layers.Layer):
         source: The layer that owns the shared variable. Must be an instance
             of one of `source_types`.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Example:
+
+    A layer that scales its input by another layer's bias vector:
+
+    >>> import keras
+    >>> import numpy as np
+    >>> from keras_tether.layers import TiedLayer
+    >>> class BiasScale(TiedLayer):
+    ...     source_types = (keras.layers.Dense,)
+    ...     def shared_variables(self):
+    ...         return [self.source.bias]
+    ...     def call(self, inputs):
+    ...         return inputs * self.source.bias
+    >>> dense = keras.layers.Dense(2, bias_initializer="ones")
+    >>> dense.build((None, 3))
+    >>> scale = BiasScale(dense)
+    >>> keras.ops.convert_to_numpy(scale(np.full((1, 2), 3.0))).tolist()
+    [[3.0, 3.0]]
+    >>> len(scale.weights), scale.count_params()  # reads one, owns none
+    (1, 0)
     """
 
     source_types: tuple[type, ...] = (keras.layers.Layer,)

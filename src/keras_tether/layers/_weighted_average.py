@@ -117,6 +117,9 @@ class WeightedAverage(keras.layers.Layer):
 
     Example:
 
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_tether
     >>> x1 = np.full((2, 3), 1.0)
     >>> x2 = np.full((2, 3), 3.0)
     >>> layer = keras_tether.layers.WeightedAverage(initial_weights=[0.75, 0.25])
@@ -450,6 +453,9 @@ def weighted_average(inputs: Sequence[Tensor], **kwargs: Any) -> Tensor:
 
     Example:
 
+    >>> import keras
+    >>> import numpy as np
+    >>> import keras_tether
     >>> x1 = np.zeros((2, 4))
     >>> x2 = np.ones((2, 4))
     >>> y = keras_tether.layers.weighted_average([x1, x2])
