@@ -12,6 +12,7 @@ from keras_tether._transforms import (
     register_transform,
     registered_transforms,
 )
+from keras_tether._walk import all_layers
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._tied_layer import TiedLayer
 
@@ -54,25 +55,8 @@ class Tie:
     source_in_model: bool
 
 
-def _all_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    found: list[keras.layers.Layer] = []
-    seen: set[int] = set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        found.append(layer)
-        for inner in getattr(layer, "layers", None) or []:
-            visit(inner)
-
-    for layer in getattr(model, "layers", None) or []:
-        visit(layer)
-    return found
-
-
 def _tied_layers(model) -> list[TiedLayer]:
-    return [layer for layer in _all_layers(model) if isinstance(layer, TiedLayer)]
+    return [layer for layer in all_layers(model) if isinstance(layer, TiedLayer)]
 
 
 def list_ties(model: keras.Model) -> list[Tie]:
@@ -93,7 +77,7 @@ def list_ties(model: keras.Model) -> list[Tie]:
     [('decoder_1', 'encoder_1', 'transpose'), ('decoder_0', 'encoder_0', 'transpose')]
     """
     _check_model(model)
-    own = {id(layer) for layer in _all_layers(model)}
+    own = {id(layer) for layer in all_layers(model)}
     records = []
     for layer in _tied_layers(model):
         shared = layer.shared_variables() if layer.source.built else []
@@ -156,7 +140,7 @@ def retie(model: keras.Model) -> list[str]:
         cls = type(layer.source)
         matches = [
             candidate
-            for candidate in _all_layers(model)
+            for candidate in all_layers(model)
             if type(candidate) is cls and candidate.name == name
         ]
         if len(matches) != 1:

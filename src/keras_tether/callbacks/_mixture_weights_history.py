@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
+from keras_tether._walk import all_layers
 from keras_tether.layers._weighted_average import WeightedAverage
 
 
@@ -127,7 +128,7 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
     def _find_layers(self) -> list[WeightedAverage]:
         found = [
             layer
-            for layer in _all_layers(self.model)
+            for layer in all_layers(self.model)
             if isinstance(layer, WeightedAverage)
         ]
         if self.layers is None:
@@ -177,20 +178,3 @@ def _layer_names(layers) -> tuple[str, ...] | None:
             f"Expected `layers` to name each layer once. Received: layers={layers!r}"
         )
     return tuple(layers)
-
-
-def _all_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    found: list[keras.layers.Layer] = []
-    seen: set[int] = set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        found.append(layer)
-        for inner in getattr(layer, "layers", None) or []:
-            visit(inner)
-
-    for layer in getattr(model, "layers", None) or []:
-        visit(layer)
-    return found
