@@ -13,21 +13,12 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 2
 
 
-@contextlib.contextmanager
-def _one_torch_thread():
-    # The demo's models are tiny: with several torch threads on a busy CPU,
-    # waiting for each other costs far more than the arithmetic they share.
+def _torch_threads():
     if keras.backend.backend() != "torch":
-        yield
-        return
+        return None
     import torch
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    return torch.get_num_threads()
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +26,11 @@ def demo_run(tmp_path_factory):
     """Runs the demo once, with few epochs, for every test of its output."""
     out_dir = tmp_path_factory.mktemp("demo") / "output"
     printed = io.StringIO()
-    with _one_torch_thread(), contextlib.redirect_stdout(printed):
+    threads = _torch_threads()
+    with contextlib.redirect_stdout(printed):
         exit_code = _demo.run(str(out_dir), epochs=EPOCHS)
+    # The demo trains torch on one thread, and must leave the count as it was.
+    assert _torch_threads() == threads
     keras.backend.clear_session()
     results = json.loads((out_dir / "results.json").read_text())
     return exit_code, out_dir, printed.getvalue(), results

@@ -127,7 +127,7 @@ def run(out_dir: str, epochs: int | None = None) -> int:
         f"digits: {len(x_train)} training and {len(x_test)} test images of 8x8",
         flush=True,
     )
-    with _quiet_tensorflow_retracing_warnings():
+    with _quiet_tensorflow_retracing_warnings(), _one_torch_thread():
         _mixing(results, x_train, y_train, x_test, y_test)
         reconstructions = _tying(results, x_train, x_test)
     results.seconds = time.perf_counter() - started
@@ -158,6 +158,24 @@ def _quiet_tensorflow_retracing_warnings():
         yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _one_torch_thread():
+    # The demo's models are tiny: with two CPU threads, torch spends far more
+    # time synchronizing them than computing (the demo ran eight times slower
+    # on a two-core machine). Keras has already imported torch when it is the
+    # backend, so nothing is imported here; the count is restored afterwards.
+    torch = sys.modules.get("torch") if keras.backend.backend() == "torch" else None
+    if torch is None:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _load_digits():
@@ -224,7 +242,7 @@ def _mixing(results: _Results, x_train, y_train, x_test, y_test) -> None:
     epochs = results.mixing_epochs
     print(
         "\nmixing: classifiers of the left half, the right half, noise, and "
-        f"their mixtures ({epochs} epochs)",
+        f"their mixtures ({_epochs(epochs)})",
         flush=True,
     )
     model = _classifiers()
@@ -293,7 +311,7 @@ def _autoencoders() -> tuple[keras.Model, dict[str, keras.Model]]:
 
 def _tying(results: _Results, x_train, x_test) -> dict[str, np.ndarray]:
     epochs = results.autoencoder_epochs
-    print(f"\ntying: autoencoders {_layer_sizes()} ({epochs} epochs)", flush=True)
+    print(f"\ntying: autoencoders {_layer_sizes()} ({_epochs(epochs)})", flush=True)
     model, parts = _autoencoders()
     flat_train = x_train.reshape(len(x_train), -1)
     flat_test = x_test.reshape(len(x_test), -1)
@@ -333,6 +351,10 @@ def _train(label: str, model, x, y, x_test, epochs, *callbacks):
     )
     print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
     return model.predict(x_test, batch_size=512, verbose=0)
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch" if count == 1 else f"{count} epochs"
 
 
 def _layer_sizes() -> str:
@@ -398,7 +420,7 @@ half of the image, the right half, or fresh Gaussian noise of the same shape, dr
 anew at every step. `keras_tether.layers.WeightedAverage` mixes their logits with
 weights it learns on the simplex (softmax of 3 free parameters);
 `keras.layers.Average` mixes them with 1/3 each. Every classifier trained for
-{results.mixing_epochs} epochs; each branch alone trained on its own loss.
+{_epochs(results.mixing_epochs)}; each branch alone trained on its own loss.
 
 {_mixing_table(results)}
 
@@ -414,7 +436,7 @@ noise of each other.
 `keras_tether.ties.tied_autoencoder(64, {list(AUTOENCODER_UNITS)})` stacks `Dense`
 encoder layers and `DenseTranspose` decoder layers that compute with the encoder
 kernels, transposed. Its untied twin has decoder kernels of its own. Both trained for
-{results.autoencoder_epochs} epochs on the mean squared error of the reconstructed
+{_epochs(results.autoencoder_epochs)} on the mean squared error of the reconstructed
 pixels (scaled to [0, 1]); the tie saves {saved} parameters.
 
 {_tying_table(results)}
