@@ -1,5 +1,6 @@
 """Ties survive every path: saving, loading, cloning, configs, checkpoints."""
 
+import itertools
 import json
 import os
 import subprocess
@@ -16,6 +17,15 @@ from keras_tether import ties
 from keras_tether.layers import DenseTranspose, TiedLayer
 
 INPUT_DIM, CODE_DIM = 6, 3
+_BUILDS = itertools.count()
+
+
+def _names():
+    """Fresh layer names per model, so no test sees another test's layers."""
+    index = next(_BUILDS)
+    return f"enc_{index}", f"dec_{index}"
+
+
 X = np.random.default_rng(0).normal(size=(16, INPUT_DIM)).astype("float32")
 
 
@@ -24,26 +34,29 @@ def _np(x):
 
 
 def functional():
-    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name="enc")
+    enc, dec = _names()
+    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name=enc)
     inputs = keras.Input((INPUT_DIM,))
-    outputs = DenseTranspose(encoder, name="dec")(encoder(inputs))
+    outputs = DenseTranspose(encoder, name=dec)(encoder(inputs))
     return keras.Model(inputs, outputs)
 
 
 def sequential():
-    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name="enc")
+    enc, dec = _names()
+    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name=enc)
     return keras.Sequential(
-        [keras.Input((INPUT_DIM,)), encoder, DenseTranspose(encoder, name="dec")]
+        [keras.Input((INPUT_DIM,)), encoder, DenseTranspose(encoder, name=dec)]
     )
 
 
 def nested_sequential():
-    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name="enc")
+    enc, dec = _names()
+    encoder = keras.layers.Dense(CODE_DIM, activation="relu", name=enc)
     encoder_model = keras.Sequential(
         [keras.Input((INPUT_DIM,)), encoder], name="encoder"
     )
     decoder_model = keras.Sequential(
-        [keras.Input((CODE_DIM,)), DenseTranspose(encoder, name="dec")],
+        [keras.Input((CODE_DIM,)), DenseTranspose(encoder, name=dec)],
         name="decoder",
     )
     return keras.Sequential([keras.Input((INPUT_DIM,)), encoder_model, decoder_model])
@@ -53,8 +66,9 @@ def nested_sequential():
 class TiedAutoencoder(keras.Model):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
-        self.enc = keras.layers.Dense(CODE_DIM, activation="relu", name="enc")
-        self.dec = DenseTranspose(self.enc, name="dec")
+        enc, dec = _names()
+        self.enc = keras.layers.Dense(CODE_DIM, activation="relu", name=enc)
+        self.dec = DenseTranspose(self.enc, name=dec)
 
     def call(self, inputs):
         return self.dec(self.enc(inputs))
@@ -86,10 +100,12 @@ def _layers(model):
 
 
 def _tie(model):
-    layers = {layer.name: layer for layer in _layers(model)}
     if isinstance(model, TiedAutoencoder):
         return model.dec, model.enc
-    return layers["dec"], layers["enc"]
+    layers = _layers(model)
+    (dec,) = [layer for layer in layers if layer.name.startswith("dec_")]
+    (enc,) = [layer for layer in layers if layer.name.startswith("enc_")]
+    return dec, enc
 
 
 def _expected_output(model, x):
@@ -259,22 +275,23 @@ def test_checkpoint_and_backup_resume_keep_the_tie(tmp_path):
 
 def test_ambiguous_revival_refuses_to_run_until_retied():
     model = functional()
+    dec, enc = (layer.name for layer in _tie(model))
     # Two free layers with the source's name and class make the revived
     # layer's choice ambiguous, so it must not guess.
-    stray = keras.layers.Dense(CODE_DIM, name="enc")
+    stray = keras.layers.Dense(CODE_DIM, name=enc)
     stray.build((None, INPUT_DIM))
-    other_stray = keras.layers.Dense(CODE_DIM, name="enc")
+    other_stray = keras.layers.Dense(CODE_DIM, name=enc)
     other_stray.build((None, INPUT_DIM))
     config = model.get_config()
     inputs = keras.Input((CODE_DIM,))
-    dec_config = next(c for c in config["layers"] if c["config"]["name"] == "dec")
+    dec_config = next(c for c in config["layers"] if c["config"]["name"] == dec)
     revived = DenseTranspose.from_config(dec_config["config"])
     assert revived.tie_pending
     revived_model = keras.Model(inputs, revived(inputs))
-    with pytest.raises(ValueError, match=r"'dec' is tied to a layer named 'enc'"):
+    with pytest.raises(ValueError, match=rf"'{dec}' is tied to a layer named '{enc}'"):
         revived_model(np.ones((1, CODE_DIM), "float32"))
     holder = keras.Sequential([keras.Input((INPUT_DIM,)), stray, revived_model])
-    assert ties.retie(holder) == ["dec"]
+    assert ties.retie(holder) == [dec]
     assert revived.source is stray
     assert other_stray.built
     np.testing.assert_allclose(
