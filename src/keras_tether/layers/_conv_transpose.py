@@ -290,14 +290,6 @@ class ConvTranspose(TiedLayer):
                 f"Expected a `source` with groups=1. Received: "
                 f"source={source!r} with groups={source.groups}"
             )
-        mode = getattr(source, "quantization_mode", None)
-        if mode is not None:
-            raise ValueError(
-                f"Cannot tie to layer '{source.name}': it is quantized "
-                f"(quantization_mode={mode!r}), and a quantized kernel cannot be "
-                "shared as a float tensor. Tie the layers before quantizing, or "
-                "keep the source unquantized."
-            )
 
     def _source_kernel(self):
         source = self.source

@@ -155,8 +155,7 @@ class EmbeddingTranspose(TiedLayer):
         source = self.source
         if not source.built:
             source.build()
-        mode = getattr(source, "quantization_mode", None)
-        if mode is not None:
+        if getattr(source, "quantization_mode", None) is not None:
             self._check_source(source)
         return source.embeddings
 
@@ -200,17 +199,6 @@ class EmbeddingTranspose(TiedLayer):
             }
         )
         return config
-
-    def _check_source(self, source) -> None:
-        super()._check_source(source)
-        mode = getattr(source, "quantization_mode", None)
-        if mode is not None:
-            raise ValueError(
-                f"Cannot tie to layer '{source.name}': it is quantized "
-                f"(quantization_mode={mode!r}), and a quantized table cannot be "
-                "shared as a float matrix. Tie the layers before quantizing, or "
-                "keep the source unquantized."
-            )
 
 
 def _float_dtype(dtype) -> str:

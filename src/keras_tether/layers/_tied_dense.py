@@ -160,17 +160,6 @@ class TiedDense(TiedLayer):
         )
         return config
 
-    def _check_source(self, source) -> None:
-        super()._check_source(source)
-        mode = getattr(source, "quantization_mode", None)
-        if mode is not None:
-            raise ValueError(
-                f"Cannot tie to layer '{source.name}': it is quantized "
-                f"(quantization_mode={mode!r}), and a quantized kernel cannot be "
-                "shared as a float matrix. Tie the layers before quantizing, or "
-                "keep the source unquantized."
-            )
-
     def _source_weight(self):
         source = self.source
         if not source.built:

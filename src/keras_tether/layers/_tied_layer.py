@@ -59,6 +59,7 @@ class TiedLayer(keras.layers.Layer):
     refuses to run (rather than silently computing with a private copy) until
     `keras_tether.ties.retie(model)` binds it.
 
+    A quantized source is refused: its weight is no float tensor to share.
     Subclasses set `source_types` and implement `shared_variables`.
 
     Args:
@@ -120,6 +121,14 @@ class TiedLayer(keras.layers.Layer):
             raise TypeError(
                 f"Expected `source` to be a {expected} instance. "
                 f"Received: source={source!r} of type {type(source).__name__}"
+            )
+        mode = getattr(source, "quantization_mode", None)
+        if mode is not None:
+            raise ValueError(
+                f"Cannot tie to layer '{source.name}': it is quantized "
+                f"(quantization_mode={mode!r}), and a quantized weight cannot be "
+                "shared as a float tensor. Tie the layers before quantizing, or "
+                "keep the source unquantized."
             )
 
     def _bind(self, source: keras.layers.Layer) -> None:
