@@ -12,6 +12,7 @@ from keras_tether._transforms import (
     register_transform,
     registered_transforms,
 )
+from keras_tether._validation import check_bool, check_positive_int
 from keras_tether._walk import all_layers
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._tied_layer import TiedLayer
@@ -193,7 +194,7 @@ def tied_autoencoder(
     >>> model.count_params()  # 784*256 + 256*64 kernels once, plus 4 biases
     218448
     """
-    _check_positive_int("input_dim", input_dim)
+    check_positive_int(input_dim, "input_dim")
     if isinstance(units, str | bytes) or not isinstance(units, Sequence):
         raise TypeError(
             "Expected `units` to be a sequence of positive integers. "
@@ -204,7 +205,8 @@ def tied_autoencoder(
             "Expected `units` to hold at least one layer size. Received: units=[]"
         )
     for size in units:
-        _check_positive_int("units", size, whole=units)
+        check_positive_int(size, "units")
+    use_bias = check_bool(use_bias, "use_bias")
     layers: list[keras.layers.Layer] = [keras.Input(shape=(input_dim,))]
     encoders = []
     for index, size in enumerate(units):
@@ -231,13 +233,4 @@ def _check_model(model) -> None:
         raise TypeError(
             "Expected `model` to be a Keras model. "
             f"Received: model={model!r} of type {type(model).__name__}"
-        )
-
-
-def _check_positive_int(argument: str, value, whole=None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        shown = value if whole is None else whole
-        raise ValueError(
-            f"Received an invalid value for `{argument}`, expected a positive "
-            f"integer. Received: {argument}={shown!r}"
         )

@@ -7,6 +7,7 @@ import math
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
+from keras_tether._validation import check_bool
 from keras_tether.layers._tied_layer import TiedLayer
 
 _TRANSPOSED_CONVS = (
@@ -115,7 +116,7 @@ class ConvTranspose(TiedLayer):
         super().__init__(
             source=source, activity_regularizer=activity_regularizer, **kwargs
         )
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, "use_bias")
         self.bias_initializer = initializers.get(bias_initializer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.bias_constraint = constraints.get(bias_constraint)

@@ -6,6 +6,7 @@ import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
 from keras_tether._transforms import get_transform
+from keras_tether._validation import check_bool
 from keras_tether.layers._tied_layer import TiedLayer
 
 
@@ -90,7 +91,7 @@ class TiedDense(TiedLayer):
         self.weight = weight
         self.transform = transform
         self.activation = activations.get(activation)
-        self.use_bias = bool(use_bias)
+        self.use_bias = check_bool(use_bias, "use_bias")
         self.bias_initializer = initializers.get(bias_initializer)
         self.bias_regularizer = regularizers.get(bias_regularizer)
         self.bias_constraint = constraints.get(bias_constraint)

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 
 from keras_tether._types import Tensor
-from keras_tether.simplex._validation import check_axis, check_simplex_weights
+from keras_tether._validation import check_axis, check_simplex_weights
 
 
 class SimplexMap:

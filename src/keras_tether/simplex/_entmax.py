@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_tether._types import Tensor
+from keras_tether._validation import check_axis
 from keras_tether.simplex._base import SimplexMap
 from keras_tether.simplex._ops import (
     gradient_surrogate,
@@ -12,7 +13,6 @@ from keras_tether.simplex._ops import (
     relative_to_max,
     sort_descending,
 )
-from keras_tether.simplex._validation import check_axis
 
 # Entries whose half-logit is more than 1 below the largest always get weight
 # 0 (the threshold is at least that maximum minus 1), so half-logits are

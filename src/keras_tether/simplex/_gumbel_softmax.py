@@ -7,15 +7,15 @@ import numpy as np
 from keras import ops
 
 from keras_tether._types import Tensor
-from keras_tether.simplex._base import SimplexMap
-from keras_tether.simplex._ops import masked_softmax, one_hot_argmax, prepare_logits
-from keras_tether.simplex._softmax import centered_log
-from keras_tether.simplex._validation import (
+from keras_tether._validation import (
     check_axis,
     check_bool,
     check_positive_number,
     check_positive_weights,
 )
+from keras_tether.simplex._base import SimplexMap
+from keras_tether.simplex._ops import masked_softmax, one_hot_argmax, prepare_logits
+from keras_tether.simplex._softmax import centered_log
 
 _TINY = float(np.finfo(np.float32).tiny)
 # The largest float32 below 1: a uniform draw rounded up to exactly 1 would

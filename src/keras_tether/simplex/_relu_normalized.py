@@ -7,9 +7,9 @@ import numpy as np
 from keras import ops
 
 from keras_tether._types import Tensor
+from keras_tether._validation import check_axis, check_non_negative_number
 from keras_tether.simplex._base import SimplexMap
 from keras_tether.simplex._ops import prepare_logits
-from keras_tether.simplex._validation import check_axis, check_non_negative_number
 
 
 def relu_normalized(

@@ -6,13 +6,13 @@ import keras
 import numpy as np
 
 from keras_tether._types import Tensor
-from keras_tether.simplex._base import SimplexMap
-from keras_tether.simplex._ops import masked_softmax, prepare_logits
-from keras_tether.simplex._validation import (
+from keras_tether._validation import (
     check_axis,
     check_positive_number,
     check_positive_weights,
 )
+from keras_tether.simplex._base import SimplexMap
+from keras_tether.simplex._ops import masked_softmax, prepare_logits
 
 
 def softmax(

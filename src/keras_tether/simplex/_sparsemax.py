@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_tether._types import Tensor
+from keras_tether._validation import check_axis
 from keras_tether.simplex._base import SimplexMap
 from keras_tether.simplex._ops import (
     gradient_surrogate,
@@ -12,7 +13,6 @@ from keras_tether.simplex._ops import (
     relative_to_max,
     sort_descending,
 )
-from keras_tether.simplex._validation import check_axis
 
 # Entries more than 1 below the maximum always get weight 0 (the threshold is
 # at least max - 1), so the logits are clipped 2 below it.

@@ -1,4 +1,9 @@
-"""Argument checks shared by the simplex maps; each error names the argument."""
+"""Argument checks shared by the whole package; each error names the argument.
+
+One policy: a value of the wrong type raises `TypeError`, a value of the right
+type but out of range raises `ValueError`, both in Keras' wording
+("... Received: name=value").
+"""
 
 import math
 import numbers
@@ -50,6 +55,27 @@ def check_bool(value: object, name: str) -> bool:
             f"Received: {name}={value!r} of type {type(value).__name__}"
         )
     return bool(value)
+
+
+def check_int(value: object, name: str) -> int:
+    """Returns `value` as a Python int, or raises `TypeError` naming `name`."""
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Integral):
+        raise TypeError(
+            f"Expected `{name}` to be an integer. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return int(value)
+
+
+def check_positive_int(value: object, name: str) -> int:
+    """Returns `value` as a Python int if it is an integer greater than zero."""
+    number = check_int(value, name)
+    if number <= 0:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive "
+            f"integer. Received: {name}={value!r}"
+        )
+    return number
 
 
 def check_axis(value: object) -> int:
