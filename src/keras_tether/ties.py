@@ -238,10 +238,13 @@ def clone_model(
         pairs.append((layer, new))
         return new
 
+    # Keras clones a subclassed model from its config, and takes no
+    # `clone_function` for it.
+    graph = _is_graph_model(model)
     clone = keras.models.clone_model(
         model,
         input_tensors=input_tensors,
-        clone_function=clone_and_record,
+        clone_function=clone_and_record if graph else clone_function,
         call_function=call_function,
         recursive=recursive,
         **kwargs,
@@ -258,6 +261,14 @@ def clone_model(
             continue
         new.bind(counterpart.get(id(layer.source), layer.source))
     return clone
+
+
+def _is_graph_model(model) -> bool:
+    """Whether Keras clones `model` layer by layer (Sequential or functional)."""
+    return isinstance(model, keras.Sequential) or any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras.")
+        for cls in type(model).__mro__
+    )
 
 
 def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
