@@ -11,9 +11,16 @@ stay non-negative and sum to one at every step, for any N. The model saves
 and loads as a plain `.keras` file, and `mixture_weights` reads the current
 weights as a NumPy array.
 
+With many branches, hold them in one layer instead of N: `ParallelDense`
+keeps the N MLPs' kernels stacked, so the whole ensemble is one matrix
+product per layer, and `WeightedAverage(branch_axis=1)` mixes its
+`(batch, N, 10)` output. `build_stacked_model` is that form of the same
+model; `--stacked` trains it.
+
 Run it as a script (small sizes by default so it finishes in seconds):
 
     python examples/seed_mixing.py --branches 3 --epochs 10 --samples 1000
+    python examples/seed_mixing.py --branches 16 --stacked
 """
 
 from __future__ import annotations
@@ -44,14 +51,34 @@ def build_model(num_branches: int = 3) -> keras.Model:
     return keras.Model(inputs, mixed)
 
 
+def build_stacked_model(num_branches: int = 3) -> keras.Model:
+    """The same N MLPs as two `ParallelDense` layers, mixed along axis 1.
+
+    The input holds one slice per branch, shape `(batch, N, INPUT_DIM)`.
+    """
+    inputs = keras.Input(shape=(num_branches, INPUT_DIM), name="inputs")
+    hidden = keras_tether.layers.ParallelDense(
+        HIDDEN_UNITS, num_branches, activation="relu", per_branch_inputs=True
+    )(inputs)
+    outputs = keras_tether.layers.ParallelDense(
+        OUTPUT_DIM, num_branches, per_branch_inputs=True, name="mlps"
+    )(hidden)
+    mixed = keras_tether.layers.WeightedAverage(branch_axis=1, name="mixture")(outputs)
+    return keras.Model(inputs, mixed)
+
+
 def main(
     epochs: int = 10,
     samples: int = 1000,
     num_branches: int = 3,
     seed: int = 0,
     verbose: int = 0,
+    stacked: bool = False,
 ) -> tuple[keras.Model, np.ndarray, np.ndarray]:
     """Trains the model of the question on random data.
+
+    With `stacked=True`, trains `build_stacked_model` on the same data
+    stacked along axis 1.
 
     Returns:
         The trained model, and its mixture weights before and after `fit`.
@@ -65,6 +92,9 @@ def main(
     y = rng.uniform(0, 1, (samples, OUTPUT_DIM)).astype("float32")
 
     model = build_model(num_branches)
+    if stacked:
+        x = np.stack(x, axis=1)
+        model = build_stacked_model(num_branches)
     model.compile(optimizer="adam", loss="mse")
     mixture = model.get_layer("mixture")
     before = mixture.mixture_weights
@@ -80,10 +110,16 @@ if __name__ == "__main__":
     parser.add_argument("--branches", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument(
+        "--stacked",
+        action="store_true",
+        help="train the ParallelDense + WeightedAverage(branch_axis=1) form",
+    )
     args = parser.parse_args()
     main(
         epochs=args.epochs,
         samples=args.samples,
         num_branches=args.branches,
         verbose=1,
+        stacked=args.stacked,
     )

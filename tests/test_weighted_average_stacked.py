@@ -1,5 +1,8 @@
 """`WeightedAverage(branch_axis=...)` on one stacked tensor, and integer inputs."""
 
+import importlib.util
+import pathlib
+
 import keras
 import numpy as np
 import pytest
@@ -183,3 +186,20 @@ def test_integer_inputs_in_a_compiled_model():
     np.testing.assert_allclose(
         model.predict([a, 3 * a], verbose=0), [[2.0, 4.0, 6.0]], rtol=1e-6
     )
+
+
+def test_the_seed_example_trains_its_stacked_form():
+    path = pathlib.Path(__file__).parents[1] / "examples" / "seed_mixing.py"
+    spec = importlib.util.spec_from_file_location("seed_mixing_stacked", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    model, before, after = example.main(
+        epochs=2, samples=64, num_branches=5, stacked=True
+    )
+    assert isinstance(model.get_layer("mlps"), ParallelDense)
+    assert model.input_shape == (None, 5, example.INPUT_DIM)
+    np.testing.assert_allclose(before, np.full(5, 0.2), rtol=1e-6)
+    assert abs(float(after.sum()) - 1.0) < 1e-5
+    assert not np.allclose(before, after)
+    separate = example.build_model(5)
+    assert separate.count_params() == model.count_params()
