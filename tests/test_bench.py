@@ -75,6 +75,7 @@ def test_quick_run_reports_every_comparison(quick_run):
         ("stress forward", "WeightedAverage", "Add"),
         ("seed scenario", "WeightedAverage", "Add"),
         ("tied autoencoder", "tied (DenseTranspose)", "untied (Dense)"),
+        *PARALLEL_ROWS,
     ]
     targets = [row["target"] for row in result["rows"]]
     assert targets == [
@@ -83,7 +84,16 @@ def test_quick_run_reports_every_comparison(quick_run):
         None,
         EXPECTED_TARGETS["seed scenario"],
         EXPECTED_TARGETS["tied autoencoder"],
+        *[1.0] * len(PARALLEL_ROWS),
     ]
+
+
+STACKED = "ParallelDense x2 + WeightedAverage(branch_axis=1)"
+PARALLEL_ROWS = [
+    (f"parallel N={n} {kind}", STACKED, f"{n} x (Dense, Dense) + WeightedAverage")
+    for n in (2, 3, 4)
+    for kind in ("training", "predict")
+]
 
 
 def test_quick_run_numbers_are_positive_and_consistent(quick_run):
@@ -308,7 +318,7 @@ def test_every_row_follows_the_one_row_schema(quick_run):
     assert result["rows"]
     for row in result["rows"]:
         validator.validate(row)
-    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties"}
+    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties", "parallel"}
     # A row that breaks the schema is caught: the check can fail.
     broken = {**result["rows"][0], "ratio": -1.0}
     with pytest.raises(jsonschema.ValidationError):
