@@ -3,6 +3,7 @@
 from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
+from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
@@ -13,6 +14,7 @@ __all__ = [
     "DenseTranspose",
     "EmbeddingTranspose",
     "EntropyRegularizer",
+    "GatedAverage",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
