@@ -4,6 +4,7 @@ from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._gated_average import GatedAverage
+from keras_tether.layers._mixture_of_experts import MixtureOfExperts
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
@@ -15,6 +16,7 @@ __all__ = [
     "EmbeddingTranspose",
     "EntropyRegularizer",
     "GatedAverage",
+    "MixtureOfExperts",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
