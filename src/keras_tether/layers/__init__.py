@@ -6,6 +6,7 @@ from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._mixture_of_experts import MixtureOfExperts
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
+from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
 from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
@@ -17,6 +18,7 @@ __all__ = [
     "EntropyRegularizer",
     "GatedAverage",
     "MixtureOfExperts",
+    "ParallelDense",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
