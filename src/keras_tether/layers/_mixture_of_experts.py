@@ -17,6 +17,7 @@ from keras_tether._validation import (
     check_positive_int,
     check_positive_number,
 )
+from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._router import (
     Router,
     check_router_arguments,
@@ -44,9 +45,12 @@ class MixtureOfExperts(keras.layers.Layer):
     is Mixtral's (softmax, top-k, renormalize); `normalize_top_k=False`
     keeps the raw probabilities (Switch Transformer, Qwen-MoE).
 
-    The experts' weights are stacked, `(experts, input_dim, hidden_units)`
-    and `(experts, hidden_units, input_dim)`, each expert initialized as a
-    separate `Dense` would be.
+    The experts are `ParallelDense` layers: their kernels are stacked,
+    `(experts, input_dim, hidden_units)` and `(experts, hidden_units,
+    input_dim)`, and each expert is initialized as a separate `Dense` would
+    be. The expert axis comes first in every expert weight, so a
+    `keras.distribution.LayoutMap` can shard it over a device mesh (expert
+    parallelism).
 
     **Sparse dispatch** (the default) computes each token only with its
     selected experts, GShard-style, with static shapes that run under `jit`
@@ -267,12 +271,12 @@ class MixtureOfExperts(keras.layers.Layer):
             "per_branch_inputs": True,
             "dtype": self.dtype_policy,
         }
-        self.expert_input = _StackedDense(
+        self.expert_input = ParallelDense(
             hidden_units, name="expert_input", **expert_arguments
         )
         self.expert_gate = None
         if gated_linear_unit:
-            self.expert_gate = _StackedDense(
+            self.expert_gate = ParallelDense(
                 hidden_units, name="expert_gate", **expert_arguments
             )
         self.expert_output = None  # built once the feature size is known
@@ -299,7 +303,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self.expert_input.build(slots)
         if self.expert_gate is not None:
             self.expert_gate.build(slots)
-        self.expert_output = _StackedDense(
+        self.expert_output = ParallelDense(
             features, name="expert_output", **self._expert_arguments
         )
         self.expert_output.build((None, self.experts, None, self.hidden_units))
@@ -578,62 +582,3 @@ class _SharedExpert(keras.layers.Layer):
             hidden = self.activation(hidden)
         gate = ops.sigmoid(self.expert_gate(inputs))
         return gate * self.output_projection(hidden)
-
-
-class _StackedDense(keras.layers.Layer):
-    """Stand-in for the experts' stacked kernels, per-branch inputs only."""
-
-    def __init__(
-        self,
-        units: int,
-        branches: int,
-        use_bias: bool,
-        kernel_initializer: Any,
-        bias_initializer: Any,
-        per_branch_inputs: bool,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        self.units = units
-        self.branches = branches
-        self.use_bias = use_bias
-        self.kernel_initializer = kernel_initializer
-        self.bias_initializer = bias_initializer
-
-    def build(self, input_shape: Shape) -> None:
-        input_dim = input_shape[-1]
-        self.kernel = self.add_weight(
-            name="kernel",
-            shape=(self.branches, input_dim, self.units),
-            initializer=_per_branch(self.kernel_initializer),
-        )
-        self.bias = None
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(self.branches, self.units),
-                initializer=_per_branch(self.bias_initializer),
-            )
-
-    def call(self, inputs: Tensor) -> Tensor:
-        outputs = ops.einsum("bnsi,nio->bnso", inputs, self.kernel)
-        if self.bias is not None:
-            outputs = outputs + self.bias[None, :, None, :]
-        return outputs
-
-
-def _per_branch(initializer: Any) -> Callable:
-    def initialize(shape: tuple, dtype: Any = None) -> Tensor:
-        config = initializer.get_config()
-        parts = []
-        for branch in range(shape[0]):
-            # A fresh initializer per branch: one object called twice would
-            # give every branch the same values.
-            branch_config = dict(config)
-            if config.get("seed") is not None:
-                branch_config["seed"] = config["seed"] + branch
-            branch_initializer = type(initializer).from_config(branch_config)
-            parts.append(branch_initializer(shape[1:], dtype=dtype))
-        return ops.stack(parts)
-
-    return initialize
