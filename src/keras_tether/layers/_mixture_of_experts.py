@@ -348,6 +348,22 @@ class MixtureOfExperts(keras.layers.Layer):
         dropped = float(ops.convert_to_numpy(self.dropped_assignments))
         return dropped / routed if routed > 0 else 0.0
 
+    def route(self, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """The experts chosen for each token at inference, best first.
+
+        Args:
+            inputs: A tensor `(batch, ..., features)`, as the layer takes.
+
+        Returns:
+            `(experts, gates)`, two tensors of shape `(batch, ..., top_k)`:
+            the int32 indices of each token's experts and their float32
+            gates, before any capacity limit.
+        """
+        if not self.built:
+            self.build(tuple(inputs.shape))
+        routing = self.router(inputs, training=False)
+        return routing.top_indices, routing.top_gates
+
     def reset_assignment_counts(self) -> None:
         """Sets `routed_assignments` and `dropped_assignments` back to zero."""
         self.routed_assignments.assign(0.0)
