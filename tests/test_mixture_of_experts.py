@@ -304,3 +304,14 @@ def test_invalid_inputs_are_named_in_the_error():
         MixtureOfExperts(experts=2, hidden_units=3)(np.zeros((6,), "float32"))
     with pytest.raises(ValueError, match=r"known sizes.*\(None, None, 4\)"):
         MixtureOfExperts(experts=2, hidden_units=3)(keras.Input(shape=(None, 4)))
+
+
+def test_route_returns_each_tokens_experts_and_gates():
+    x = random_tokens((2, 5, 6), seed=12)
+    layer = MixtureOfExperts(experts=4, hidden_units=3, top_k=2)
+    chosen, gates = (to_numpy(t) for t in layer.route(x))
+    probabilities = np_softmax(x.astype("float64") @ to_numpy(layer.router.kernel))
+    expected = np.argsort(-probabilities, axis=-1, kind="stable")[..., :2]
+    np.testing.assert_array_equal(chosen, expected)
+    top = np.take_along_axis(probabilities, expected, -1)
+    np.testing.assert_allclose(gates, top / top.sum(-1, keepdims=True), atol=1e-6)
