@@ -53,9 +53,10 @@ class MixtureOfExperts(keras.layers.Layer):
     parallelism).
 
     **Sparse dispatch** (the default) computes each token only with its
-    selected experts, GShard-style, with static shapes that run under `jit`
-    on every backend: the tokens of each example form a group (for a 2-D
-    input, the batch is one group), each expert takes at most
+    selected experts, GShard-style, with static shapes (so the step
+    compiles with XLA on JAX and TensorFlow): the tokens of each example
+    form a group (for a 2-D input, the batch is one group), each expert
+    takes at most
     `capacity = ceil(capacity_factor * tokens * top_k / experts)` tokens of
     a group, positions in an expert are given by cumulative sums (all first
     choices before any second choice, in token order), and one-hot dispatch
@@ -66,7 +67,9 @@ class MixtureOfExperts(keras.layers.Layer):
     or `residual=True`, passes it through unchanged). The expert FLOPs are
     about `capacity_factor * top_k / experts` of computing every expert.
     `capacity_factor=None` sets the capacity to the group size: nothing is
-    ever dropped.
+    ever dropped. (A 2-D input whose batch size is unknown while tracing
+    has no static capacity; the layer then computes densely, the same
+    function.)
 
     **Dense dispatch** (`dispatch="dense"`) computes every expert on every
     token and multiplies by the (mostly zero) gates, as the MoE blocks of
