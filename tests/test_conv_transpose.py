@@ -262,6 +262,7 @@ def test_passes_the_layer_conformance_checks():
         make_model=_autoencoder,
         expected_output_shape=(2, 7, 7, 2),
         expected_num_trainable_weights=2,
+        passes_masks=False,
     )
 
 

@@ -296,13 +296,27 @@ def test_conformance_in_a_functional_model():
     def make_model():
         encoder = keras.layers.Dense(3, activation="relu")
         decoder = DenseTranspose(encoder, activation="sigmoid")
-        inputs = keras.Input((6,))
+        inputs = keras.Input((4, 6))
         return keras.Model(inputs, decoder(encoder(inputs))), decoder
 
     run_layer_test(
         DenseTranspose,
-        np.random.default_rng(4).normal(size=(8, 6)).astype("float32"),
+        np.random.default_rng(4).normal(size=(8, 4, 6)).astype("float32"),
         make_model=make_model,
-        expected_output_shape=(8, 6),
+        expected_output_shape=(8, 4, 6),
         expected_num_trainable_weights=2,
+        passes_masks=True,
     )
+
+
+def test_a_mask_entering_the_layer_leaves_it():
+    encoder = _built_dense(3, 5)
+    inputs = keras.Input((4, 3))
+    decoded = DenseTranspose(encoder, use_bias=False)(keras.layers.Masking()(inputs))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(decoded))
+    y = np.random.default_rng(6).normal(size=(2, 4, 3)).astype("float32")
+    y[0, 2:] = 0.0  # masked steps
+    y[1, 3:] = 0.0
+    steps = y @ _np(encoder.kernel).T
+    expected = np.stack([steps[0, :2].mean(0), steps[1, :3].mean(0)])
+    np.testing.assert_allclose(_np(model(y)), expected, rtol=1e-5, atol=1e-6)

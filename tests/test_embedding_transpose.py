@@ -193,6 +193,7 @@ def test_passes_the_layer_conformance_checks():
         make_model=_language_model,
         expected_output_shape=(3, 5, 11),
         expected_num_trainable_weights=2,
+        passes_masks=True,
     )
 
 

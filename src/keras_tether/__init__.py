@@ -14,7 +14,7 @@ from keras_tether._backend_choice import choose_backend
 # below imports Keras, which reads the backend once, on import.
 choose_backend()
 
-from keras_tether import callbacks, layers, simplex, ties  # noqa: E402
+from keras_tether import callbacks, distribution, layers, simplex, ties  # noqa: E402
 from keras_tether.layers import (  # noqa: E402
     ConvTranspose,
     DenseTranspose,
@@ -48,6 +48,7 @@ __all__ = [
     "WeightedAverage",
     "__version__",
     "callbacks",
+    "distribution",
     "layers",
     "simplex",
     "tied_autoencoder",

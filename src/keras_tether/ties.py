@@ -39,7 +39,7 @@ class Tie:
         layer_class: Class name of the tied layer.
         source: Name of the layer that owns the shared variables.
         source_class: Class name of the source layer.
-        variables: Paths of the shared variables.
+        variables: Paths of the shared variables (none while pending).
         shapes: Shapes of the shared variables, in the same order.
         transform: Name of the transform applied to the shared weight, or
             `None` when the layer does not take one.
@@ -85,7 +85,9 @@ def list_ties(model: keras.Model) -> list[Tie]:
     own = {id(layer) for layer in all_layers(model)}
     records = []
     for layer in _tied_layers(model):
-        shared = layer.shared_variables() if layer.source.built else []
+        layer.bind_within(model)  # what the model's first call would bind
+        bound = layer.source.built and not layer.tie_pending
+        shared = layer.shared_variables() if bound else []
         records.append(
             Tie(
                 layer=layer.name,
@@ -166,16 +168,17 @@ def retie(
     _check_model(model)
     tied = _tied_layers(model)
     sources = _check_sources(sources, tied, model)
-    everything = all_layers(model)
-    plan = []
+    for layer in tied:
+        if layer.tie_pending and layer.name not in sources:
+            _check_unique_source(layer, model)
+    rebound = []
     for layer in tied:
         if layer.name in sources:
-            plan.append((layer, sources[layer.name]))
-        elif layer.tie_pending:
-            plan.append((layer, _unique_layer(everything, layer, model)))
-    for layer, source in plan:
-        layer.bind(source)
-    return [layer.name for layer, _ in plan]
+            layer.bind(sources[layer.name])
+        elif not (layer.tie_pending and layer.bind_within(model)):
+            continue
+        rebound.append(layer.name)
+    return rebound
 
 
 def clone_model(
@@ -238,10 +241,13 @@ def clone_model(
         pairs.append((layer, new))
         return new
 
+    # Keras clones a subclassed model from its config, and takes no
+    # `clone_function` for it.
+    graph = _is_graph_model(model)
     clone = keras.models.clone_model(
         model,
         input_tensors=input_tensors,
-        clone_function=clone_and_record,
+        clone_function=clone_and_record if graph else clone_function,
         call_function=call_function,
         recursive=recursive,
         **kwargs,
@@ -258,6 +264,14 @@ def clone_model(
             continue
         new.bind(counterpart.get(id(layer.source), layer.source))
     return clone
+
+
+def _is_graph_model(model) -> bool:
+    """Whether Keras clones `model` layer by layer (Sequential or functional)."""
+    return isinstance(model, keras.Sequential) or any(
+        cls.__name__ == "Functional" and cls.__module__.startswith("keras.")
+        for cls in type(model).__mro__
+    )
 
 
 def _clone_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
@@ -313,22 +327,21 @@ def _check_sources(sources, tied, model) -> dict:
     return dict(sources)
 
 
-def _unique_layer(layers, tied: TiedLayer, model) -> keras.layers.Layer:
+def _check_unique_source(tied: TiedLayer, model) -> None:
     name = tied.pending_source_name
     cls = type(tied.source)
-    matches = [
-        candidate
-        for candidate in layers
+    count = sum(
+        1
+        for candidate in all_layers(model)
         if type(candidate) is cls and candidate.name == name
-    ]
-    if len(matches) != 1:
+    )
+    if count != 1:
         raise ValueError(
             f"Cannot re-tie layer '{tied.name}': expected exactly one "
             f"{cls.__name__} layer named '{name}' in model '{model.name}', "
-            f"found {len(matches)}. Name its source explicitly: "
+            f"found {count}. Name its source explicitly: "
             f"`retie(model, sources={{'{tied.name}': source_layer}})`."
         )
-    return matches[0]
 
 
 def tied_autoencoder(

@@ -101,20 +101,22 @@ class ParallelDense(keras.layers.Layer):
     >>> import keras_tether
     >>> x = np.ones((2, 8), dtype="float32")
     >>> layer = keras_tether.layers.ParallelDense(4, branches=3)
-    >>> layer(x).shape
+    >>> tuple(layer(x).shape)
     (2, 3, 4)
-    >>> layer.kernel.shape
+    >>> tuple(layer.kernel.shape)
     (3, 8, 4)
 
-    An ensemble of three two-layer MLPs:
+    An ensemble of three two-layer MLPs whose outputs are mixed with
+    learned weights that sum to one:
 
     >>> inputs = keras.Input(shape=(8,))
     >>> hidden = keras_tether.layers.ParallelDense(
     ...     16, branches=3, activation="relu")(inputs)
     >>> outputs = keras_tether.layers.ParallelDense(
     ...     2, branches=3, per_branch_inputs=True)(hidden)
-    >>> keras.Model(inputs, outputs).output_shape
-    (None, 3, 2)
+    >>> mixed = keras_tether.layers.WeightedAverage(branch_axis=1)(outputs)
+    >>> keras.Model(inputs, mixed).output_shape
+    (None, 2)
 
     Stacking separate `Dense` layers and splitting them again:
 

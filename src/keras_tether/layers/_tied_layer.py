@@ -210,6 +210,26 @@ class TiedLayer(keras.layers.Layer):
         self._pending_source_name = None
         self._source_in_graph = self._source_in_graph or _in_graph(source)
 
+    def bind_within(self, model: keras.layers.Layer) -> bool:
+        """Binds a pending tie to its source inside `model`, exactly or not at all.
+
+        The source is the one layer of `model` (nested models included) with
+        the name and class the tie waits for. With none, or more than one,
+        nothing changes. A model that runs binds its pending ties this way.
+
+        Args:
+            model: The model that holds this layer.
+
+        Returns:
+            Whether the tie is bound now.
+        """
+        if self.tie_pending:
+            name, cls = self._pending_source_name, type(self.source)
+            found = {id(x): x for x in _matching_layers(model, name, cls)}
+            if len(found) == 1:
+                self.bind(next(iter(found.values())))
+        return not self.tie_pending
+
     def shared_variables(self) -> list:
         """The source's variables that this layer's computation reads."""
         raise NotImplementedError
@@ -286,8 +306,9 @@ class TiedLayer(keras.layers.Layer):
     def __call__(self, *args, **kwargs):
         if self.tie_pending:
             self._resolve_pending(args)
-            if self.tie_pending and not _all_symbolic(args):
-                self._resolve_in_model(self._calling_model())
+            calling_model = self._calling_model()
+            if self.tie_pending and calling_model is not None:
+                self.bind_within(calling_model)
             if self.tie_pending and not _all_symbolic(args):
                 raise ValueError(pending_message(self))
         return super().__call__(*args, **kwargs)
@@ -320,15 +341,6 @@ class TiedLayer(keras.layers.Layer):
         """
         entry = self._get_call_context().entry_layer
         return None if entry is self else entry
-
-    def _resolve_in_model(self, model) -> None:
-        """Binds to the one layer of `model` with the source's name and class."""
-        if model is None:
-            return
-        name, cls = self._pending_source_name, type(self.source)
-        unique = {id(layer): layer for layer in _matching_layers(model, name, cls)}
-        if len(unique) == 1:
-            self.bind(next(iter(unique.values())))
 
     def _check_source(self, source: Any) -> None:
         if not isinstance(source, self.source_types):

@@ -12,6 +12,7 @@ from keras import ops
 
 from keras_tether import simplex as simplex_maps
 from keras_tether._types import Shape, Tensor
+from keras_tether._validation import check_int
 
 # Keeps the normalization finite for constant inputs; statistics are float32.
 _NORMALIZATION_EPSILON = 1e-6
@@ -40,6 +41,12 @@ class WeightedAverage(keras.layers.Layer):
     `keras.layers.Add`: their batch sizes must agree, the other axes are
     aligned at the right, and a lower-rank input is expanded after the batch
     axis.
+
+    With `branch_axis`, the layer is called on one tensor whose branches lie
+    along that axis, such as the `(batch, N, ...)` output of
+    `keras_tether.layers.ParallelDense`, and mixes along it: the output has
+    that axis removed. Every option below works in both forms. Integer and
+    boolean inputs are averaged as numbers, in the layer's compute dtype.
 
     With `feature_axis`, every feature along that axis of the (broadcast)
     inputs gets its own mixture: the logits have shape `(N, features)` and
@@ -81,8 +88,14 @@ class WeightedAverage(keras.layers.Layer):
             the batch axis (counted with the batch axis, as in
             `keras.layers.Concatenate`; negative values count from the
             end). If set, each feature along this axis has its own mixture.
-            Its size must be known when the layer is built. Defaults to
-            `None`: one weight per branch.
+            Its size must be known when the layer is built. With
+            `branch_axis`, it is an axis of the stacked input other than the
+            batch and branch axes. Defaults to `None`: one weight per branch.
+        branch_axis: Optional integer, an axis of the input other than the
+            batch axis (negative values count from the end). If set, the
+            layer is called on one tensor and mixes the `N >= 2` slices
+            along this axis, whose size must be known when the layer is
+            built. Defaults to `None`: the layer is called on a list.
         scale: Boolean, whether to learn a scalar `gamma` (initialized to
             1) multiplying the output, as in ELMo's scalar mix. Defaults to
             `False`.
@@ -103,17 +116,21 @@ class WeightedAverage(keras.layers.Layer):
             `trainable=False` freezes the weights.
 
     Call arguments:
-        inputs: A list of `N >= 2` tensors of broadcast-compatible shapes.
+        inputs: A list of `N >= 2` tensors of broadcast-compatible shapes,
+            or with `branch_axis` one tensor holding the branches along it.
         training: Python boolean, whether the call is in training mode
             (branch dropout and Gumbel noise only apply then).
-        mask: Optional list of input masks, supplied by Keras.
+        mask: Optional list of input masks (one mask with `branch_axis`),
+            supplied by Keras.
 
     Input shape:
         A list of `N` tensors of shapes `(batch_size, ...)` that broadcast
-        against each other.
+        against each other, or with `branch_axis=1` one tensor of shape
+        `(batch_size, N, ...)`.
 
     Output shape:
-        The broadcast shape of the inputs, `(batch_size, ...)`.
+        The broadcast shape of the inputs, `(batch_size, ...)`; with
+        `branch_axis`, the input's shape without that axis.
 
     Example:
 
@@ -138,6 +155,15 @@ class WeightedAverage(keras.layers.Layer):
     >>> model.output_shape
     (None, 10)
 
+    Mixing the branches of one stacked tensor, shape `(batch, N, features)`:
+
+    >>> stacked = np.stack([x1, x2], axis=1)
+    >>> layer = keras_tether.layers.WeightedAverage(
+    ...     initial_weights=[0.75, 0.25], branch_axis=1)
+    >>> np.round(keras.ops.convert_to_numpy(layer(stacked)), 4)
+    array([[1.5, 1.5, 1.5],
+           [1.5, 1.5, 1.5]], dtype=float32)
+
     References:
         - [Peters et al., 2018](https://arxiv.org/abs/1802.05365), ELMo's
           scalar mix.
@@ -157,6 +183,7 @@ class WeightedAverage(keras.layers.Layer):
         temperature: float | None = None,
         initial_weights: Sequence[float] | Sequence[Sequence[float]] | None = None,
         feature_axis: int | None = None,
+        branch_axis: int | None = None,
         scale: bool = False,
         normalize_inputs: bool = False,
         branch_dropout: float = 0.0,
@@ -183,6 +210,14 @@ class WeightedAverage(keras.layers.Layer):
                 "integer axis of the inputs other than the batch axis 0, or "
                 f"None. Received: feature_axis={feature_axis!r}"
             )
+        if branch_axis is not None:
+            branch_axis = check_int(branch_axis, "branch_axis")
+            if branch_axis == 0:
+                raise ValueError(
+                    "Received an invalid value for `branch_axis`, expected an "
+                    "integer axis of the input other than the batch axis 0, or "
+                    f"None. Received: branch_axis={branch_axis!r}"
+                )
         if (
             isinstance(branch_dropout, bool)
             or not isinstance(branch_dropout, int | float)
@@ -203,6 +238,7 @@ class WeightedAverage(keras.layers.Layer):
         self.temperature = None if temperature is None else float(temperature)
         self.initial_weights = _validate_initial_weights(initial_weights, feature_axis)
         self.feature_axis = feature_axis
+        self.branch_axis = branch_axis
         self.scale = scale
         self.normalize_inputs = normalize_inputs
         self.branch_dropout = float(branch_dropout)
@@ -217,18 +253,36 @@ class WeightedAverage(keras.layers.Layer):
         if self.initial_weights is not None:
             self._initial_logits = self._inverse(np.asarray(self.initial_weights))
 
-    def build(self, input_shape: Sequence[Shape]) -> None:
-        shapes = _check_input_shapes(input_shape)
-        output_shape = _broadcast_shape(shapes)
-        rank = len(output_shape)
-        self._num_branches = len(shapes)
-        self._expand_counts = [rank - len(shape) for shape in shapes]
-        self._branch_weight_shape = None
+    def build(self, input_shape: Shape | Sequence[Shape]) -> None:
+        if self.branch_axis is None:
+            shapes = _check_input_shapes(input_shape)
+            output_shape = _broadcast_shape(shapes)
+            self._num_branches = len(shapes)
+            self._expand_counts = [len(output_shape) - len(shape) for shape in shapes]
+            # The inputs are stacked along a new axis 1; feature axes are
+            # counted on the inputs, so those after the batch axis shift by one.
+            stacked_shape = output_shape[:1] + (self._num_branches,) + output_shape[1:]
+            self._stacked_branch_axis = 1
+            feature_axis = None
+            if self.feature_axis is not None:
+                feature_axis = _resolve_feature_axis(self.feature_axis, output_shape)
+                feature_axis += 1
+        else:
+            stacked_shape = _check_stacked_shape(input_shape)
+            self._stacked_branch_axis = _resolve_branch_axis(
+                self.branch_axis, stacked_shape
+            )
+            self._num_branches = stacked_shape[self._stacked_branch_axis]
+            feature_axis = None
+            if self.feature_axis is not None:
+                feature_axis = _resolve_stacked_feature_axis(
+                    self.feature_axis, stacked_shape, self._stacked_branch_axis
+                )
+        self._stacked_feature_axis = feature_axis
+        self._stacked_rank = len(stacked_shape)
         logits_shape = (self._num_branches,)
-        if self.feature_axis is not None:
-            axis = _resolve_feature_axis(self.feature_axis, output_shape)
-            logits_shape += (output_shape[axis],)
-            self._branch_weight_shape = (output_shape[axis],) + (1,) * (rank - 1 - axis)
+        if feature_axis is not None:
+            logits_shape += (stacked_shape[feature_axis],)
         initial_logits = self._logits_for_shape(logits_shape)
         self.logits = self.add_weight(
             name="logits",
@@ -269,26 +323,47 @@ class WeightedAverage(keras.layers.Layer):
 
     def call(
         self,
-        inputs: Sequence[Tensor],
+        inputs: Tensor | Sequence[Tensor],
         training: bool | None = None,
-        mask: Sequence[Tensor | None] | None = None,
+        mask: Tensor | Sequence[Tensor | None] | None = None,
     ) -> Tensor:
-        self._check_call_inputs(inputs)
-        if self.normalize_inputs:
-            masks = mask if mask is not None else [None] * len(inputs)
-            inputs = [self._normalize(x, m) for x, m in zip(inputs, masks, strict=True)]
+        if self.branch_axis is None:
+            self._check_call_inputs(inputs)
+            inputs = [self._to_float(x) for x in inputs]
+            if self.normalize_inputs:
+                masks = mask if mask is not None else [None] * len(inputs)
+                inputs = [
+                    self._normalize(x, m, axes=tuple(range(1, len(x.shape))))
+                    for x, m in zip(inputs, masks, strict=True)
+                ]
+            inputs = [
+                self._expand(x, count)
+                for x, count in zip(inputs, self._expand_counts, strict=True)
+            ]
+            # One stacked tensor and one weighted sum, rather than a chain
+            # of N products and sums: the chain's gradient made XLA's
+            # compile time grow faster than quadratically with N.
+            stacked = ops.stack(_broadcast_to_common_shape(inputs), axis=1)
+        else:
+            self._check_stacked_call_input(inputs)
+            stacked = self._to_float(inputs)
+            if self.normalize_inputs:
+                axes = tuple(
+                    axis
+                    for axis in range(1, len(stacked.shape))
+                    if axis != self._stacked_branch_axis
+                )
+                stacked = self._normalize(stacked, mask, axes=axes)
         weights = self._mixture(bool(training))
-        branch_weights = ops.unstack(weights, num=self._num_branches, axis=0)
-        inputs = [
-            self._expand(x, count)
-            for x, count in zip(inputs, self._expand_counts, strict=True)
-        ]
-        output = inputs[0] * branch_weights[0]
-        for x, weight in zip(inputs[1:], branch_weights[1:], strict=True):
-            output = output + x * weight
-        return output
+        return ops.sum(stacked * weights, axis=self._stacked_branch_axis)
 
-    def compute_output_shape(self, input_shape: Sequence[Shape]) -> tuple:
+    def compute_output_shape(self, input_shape: Shape | Sequence[Shape]) -> tuple:
+        if self.branch_axis is not None:
+            shape = _check_stacked_shape(input_shape)
+            axis = _resolve_branch_axis(self.branch_axis, shape)
+            if self.built and shape[axis] not in (None, self._num_branches):
+                self._raise_wrong_branch_count(shape)
+            return shape[:axis] + shape[axis + 1 :]
         shapes = _check_input_shapes(input_shape)
         if self.built:
             self._check_num_inputs(shapes)
@@ -296,11 +371,16 @@ class WeightedAverage(keras.layers.Layer):
 
     def compute_mask(
         self,
-        inputs: Sequence[Tensor],
-        mask: Sequence[Tensor | None] | None = None,
+        inputs: Tensor | Sequence[Tensor],
+        mask: Tensor | Sequence[Tensor | None] | None = None,
     ) -> Tensor | None:
         if mask is None:
             return None
+        if self.branch_axis is not None:
+            axis = _resolve_branch_axis(self.branch_axis, tuple(inputs.shape))
+            if axis < len(mask.shape):
+                return ops.any(mask, axis=axis)
+            return mask
         if not isinstance(mask, list | tuple) or len(mask) != len(inputs):
             raise ValueError(
                 "Expected one mask per input of the `WeightedAverage` layer. "
@@ -321,6 +401,7 @@ class WeightedAverage(keras.layers.Layer):
                 "temperature": self.temperature,
                 "initial_weights": self.initial_weights,
                 "feature_axis": self.feature_axis,
+                "branch_axis": self.branch_axis,
                 "scale": self.scale,
                 "normalize_inputs": self.normalize_inputs,
                 "branch_dropout": self.branch_dropout,
@@ -367,9 +448,38 @@ class WeightedAverage(keras.layers.Layer):
             raise TypeError(
                 "The `WeightedAverage` layer should be called on a list of "
                 f"{self._num_branches} tensors. Received: a single input of "
-                f"shape {tuple(getattr(inputs, 'shape', ()))} (not a list)"
+                f"shape {tuple(getattr(inputs, 'shape', ()))} (not a list). "
+                "To mix one tensor along an axis, pass `branch_axis`."
             )
         self._check_num_inputs([tuple(x.shape) for x in inputs])
+
+    def _check_stacked_call_input(self, inputs: Any) -> None:
+        shape = _check_stacked_shape(
+            [tuple(x.shape) for x in inputs]
+            if isinstance(inputs, list | tuple)
+            else tuple(inputs.shape)
+        )
+        if len(shape) != self._stacked_rank or shape[self._stacked_branch_axis] not in (
+            None,
+            self._num_branches,
+        ):
+            self._raise_wrong_branch_count(shape)
+
+    def _raise_wrong_branch_count(self, shape: tuple) -> None:
+        raise ValueError(
+            f"The `WeightedAverage` layer was built for {self._num_branches} "
+            f"branches along axis {self._stacked_branch_axis} of inputs of rank "
+            f"{self._stacked_rank} (branch_axis={self.branch_axis}). Received: "
+            f"an input of shape {shape}"
+        )
+
+    def _to_float(self, x: Tensor) -> Tensor:
+        # Integer and boolean inputs are averaged as numbers, in the compute
+        # dtype, on every backend (TensorFlow would not multiply them by
+        # float weights).
+        if keras.backend.is_float_dtype(keras.backend.standardize_dtype(x.dtype)):
+            return x
+        return ops.cast(x, self.compute_dtype)
 
     def _check_num_inputs(self, shapes: list[tuple]) -> None:
         if len(shapes) != self._num_branches:
@@ -406,15 +516,17 @@ class WeightedAverage(keras.layers.Layer):
         if self.gamma is not None:
             weights = weights * self.gamma
         weights = ops.cast(weights, self.compute_dtype)
-        if self._branch_weight_shape is not None:
-            weights = ops.reshape(
-                weights, (self._num_branches,) + self._branch_weight_shape
-            )
-        return weights
+        # Place the branch (and feature) axis where the stacked input has it.
+        shape = [1] * self._stacked_rank
+        shape[self._stacked_branch_axis] = self._num_branches
+        if self._stacked_feature_axis is not None:
+            shape[self._stacked_feature_axis] = self.logits.shape[1]
+            if self._stacked_feature_axis < self._stacked_branch_axis:
+                weights = ops.transpose(weights)
+        return ops.reshape(weights, tuple(shape))
 
-    def _normalize(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def _normalize(self, x: Tensor, mask: Tensor | None, axes: tuple) -> Tensor:
         x = ops.cast(x, "float32")
-        axes = tuple(range(1, len(x.shape)))
         if mask is None:
             mean, variance = ops.moments(x, axes=axes, keepdims=True)
         else:
@@ -535,7 +647,8 @@ def _check_input_shapes(input_shape: Any) -> list[tuple]:
         raise TypeError(
             "The `WeightedAverage` layer should be called on a list of at "
             "least 2 tensors. Received: a single input of shape "
-            f"{input_shape} (not a list)"
+            f"{input_shape} (not a list). To mix one tensor along an axis, "
+            "pass `branch_axis`."
         )
     shapes = [tuple(shape) for shape in input_shape]
     if len(shapes) < 2:
@@ -550,6 +663,81 @@ def _check_input_shapes(input_shape: Any) -> list[tuple]:
             f"Received: inputs of shapes {shapes}"
         )
     return shapes
+
+
+def _check_stacked_shape(input_shape: Any) -> tuple:
+    if isinstance(input_shape, list | tuple) and any(
+        isinstance(shape, list | tuple) for shape in input_shape
+    ):
+        raise TypeError(
+            "The `WeightedAverage` layer with `branch_axis` should be called on "
+            "one tensor whose branches lie along that axis. Received: a list "
+            f"of {len(input_shape)} inputs. Stack them, or leave `branch_axis` "
+            "as None to mix a list."
+        )
+    shape = tuple(input_shape)
+    if len(shape) < 2:
+        raise ValueError(
+            "The input of the `WeightedAverage` layer with `branch_axis` needs "
+            f"a batch axis and a branch axis. Received: an input of shape {shape}"
+        )
+    return shape
+
+
+def _resolve_branch_axis(branch_axis: int, shape: tuple) -> int:
+    rank = len(shape)
+    axis = branch_axis + rank if branch_axis < 0 else branch_axis
+    if not 1 <= axis < rank:
+        raise ValueError(
+            "Received an invalid value for `branch_axis`, expected an axis of "
+            f"the input other than the batch axis, in [{1 - rank}, {rank - 1}] "
+            f"excluding 0, for an input of shape {shape}. "
+            f"Received: branch_axis={branch_axis}"
+        )
+    if shape[axis] is None or shape[axis] < 2:
+        raise ValueError(
+            "Received an invalid value for `branch_axis`: the input must have "
+            "a known number of at least 2 branches along it when the layer is "
+            f"built. Received: branch_axis={branch_axis} for an input of "
+            f"shape {shape}"
+        )
+    return axis
+
+
+def _resolve_stacked_feature_axis(
+    feature_axis: int, shape: tuple, branch_axis: int
+) -> int:
+    rank = len(shape)
+    axis = feature_axis + rank if feature_axis < 0 else feature_axis
+    if not 1 <= axis < rank or axis == branch_axis:
+        raise ValueError(
+            "Received an invalid value for `feature_axis`, expected an axis "
+            f"of the input other than the batch axis and the branch axis "
+            f"{branch_axis}, in [{1 - rank}, {rank - 1}], for an input of "
+            f"shape {shape}. Received: feature_axis={feature_axis}"
+        )
+    if shape[axis] is None:
+        raise ValueError(
+            "Received an invalid value for `feature_axis`: the size of that "
+            "axis must be known when the layer is built. Received: "
+            f"feature_axis={feature_axis} for an input of shape {shape}"
+        )
+    return axis
+
+
+def _broadcast_to_common_shape(inputs: list[Tensor]) -> list[Tensor]:
+    shapes = [tuple(x.shape) for x in inputs]
+    if len(set(shapes)) == 1:
+        return inputs
+    target = []
+    for axis in range(len(shapes[0])):
+        sizes = [shape[axis] for shape in shapes]
+        source = next((i for i, size in enumerate(sizes) if size != 1), 0)
+        target.append(ops.shape(inputs[source])[axis])
+    return [
+        x if shape == tuple(target) else ops.broadcast_to(x, target)
+        for x, shape in zip(inputs, shapes, strict=True)
+    ]
 
 
 def _broadcast_shape(shapes: list[tuple]) -> tuple:
