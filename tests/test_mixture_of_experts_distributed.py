@@ -22,6 +22,7 @@ SCRIPT = textwrap.dedent(
     import jax
     import keras
     import numpy as np
+    from keras_tether.distribution import branch_layout_map
     from keras_tether.layers import MixtureOfExperts
 
     assert len(jax.devices()) == 8
@@ -39,7 +40,7 @@ SCRIPT = textwrap.dedent(
             z_loss_coefficient=0.01,
             name="moe",
         )
-        return keras.Model(inputs, moe(inputs))
+        return keras.Model(inputs, moe(inputs), name="tokens")
 
     def train(model, initial):
         model.set_weights(initial)
@@ -59,9 +60,8 @@ SCRIPT = textwrap.dedent(
         mesh = keras.distribution.DeviceMesh(
             shape, ["batch", "model"], devices=jax.devices()[: shape[0] * shape[1]]
         )
-        layout_map = keras.distribution.LayoutMap(mesh)
-        layout_map["moe/expert_.*/kernel"] = ("model", None, None)
-        layout_map["moe/expert_.*/bias"] = ("model", None)
+        layout_map = branch_layout_map(reference_model, mesh)
+        assert len(layout_map) == 4, list(layout_map)  # 2 experts' kernels, biases
         distribution = keras.distribution.ModelParallel(
             layout_map=layout_map, batch_dim_name="batch"
         )

@@ -48,9 +48,9 @@ class MixtureOfExperts(keras.layers.Layer):
     The experts are `ParallelDense` layers: their kernels are stacked,
     `(experts, input_dim, hidden_units)` and `(experts, hidden_units,
     input_dim)`, and each expert is initialized as a separate `Dense` would
-    be. The expert axis comes first in every expert weight, so a
-    `keras.distribution.LayoutMap` can shard it over a device mesh (expert
-    parallelism).
+    be. The expert axis comes first in every expert weight, and
+    `keras_tether.distribution.branch_layout_map` shards it over a device
+    mesh (expert parallelism).
 
     **Sparse dispatch** (the default) computes each token only with its
     selected experts, GShard-style, with static shapes (so the step
