@@ -227,7 +227,8 @@ def clone_model(
     >>> encoder = keras.layers.Dense(2, name="encoder")
     >>> decoder = DenseTranspose(encoder, name="decoder")
     >>> x, z = keras.Input((4,)), keras.Input((2,))
-    >>> model = keras.Model([z, x], [decoder(z), encoder(x)])  # not downstream
+    >>> code = encoder(x)
+    >>> model = keras.Model([z, x], [decoder(z), code])  # not downstream
     >>> clone = ties.clone_model(model)
     >>> clone.get_layer("decoder").source is clone.get_layer("encoder")
     True
