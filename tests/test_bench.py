@@ -29,6 +29,7 @@ EXPECTED_TARGETS = {
     "stress": {"jax": 1.10, "tensorflow": 1.25, "torch": 1.25}[BACKEND],
     "seed scenario": 1.05,
     "tied autoencoder": 1.05,
+    "mixture of experts": 0.5,
 }
 
 
@@ -76,6 +77,12 @@ def test_quick_run_reports_every_comparison(quick_run):
         ("seed scenario", "WeightedAverage", "Add"),
         ("tied autoencoder", "tied (DenseTranspose)", "untied (Dense)"),
         *PARALLEL_ROWS,
+        (
+            "mixture of experts",
+            "MixtureOfExperts E=16 sparse",
+            "MixtureOfExperts E=16 dense",
+        ),
+        ("gated seed scenario", "GatedAverage", "WeightedAverage"),
     ]
     targets = [row["target"] for row in result["rows"]]
     assert targets == [
@@ -85,6 +92,8 @@ def test_quick_run_reports_every_comparison(quick_run):
         EXPECTED_TARGETS["seed scenario"],
         EXPECTED_TARGETS["tied autoencoder"],
         *[1.0] * len(PARALLEL_ROWS),
+        EXPECTED_TARGETS["mixture of experts"],
+        None,
     ]
 
 
@@ -318,7 +327,8 @@ def test_every_row_follows_the_one_row_schema(quick_run):
     assert result["rows"]
     for row in result["rows"]:
         validator.validate(row)
-    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties", "parallel"}
+    scenarios = {row["scenario"] for row in result["rows"]}
+    assert scenarios == {"mixing", "ties", "parallel", "routing"}
     # A row that breaks the schema is caught: the check can fail.
     broken = {**result["rows"][0], "ratio": -1.0}
     with pytest.raises(jsonschema.ValidationError):

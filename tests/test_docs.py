@@ -108,3 +108,25 @@ def test_tied_dense_transpose_example_runs():
     assert model.count_params() == loaded.count_params() == 12 * 5 + 5 + 12
     assert example.kernels_tied(loaded)
     assert loaded.get_layer("decoder").source is loaded.get_layer("encoder")
+
+
+def test_mixture_of_experts_example_runs():
+    example = _load_example("mixture_of_experts")
+    model, table, mse = example.main(epochs=1, samples=256)
+    assert table.shape == (4, 4)
+    assert all(abs(row.sum() - 1.0) < 1e-6 for row in table)
+    assert mse == mse and mse < float("inf")  # finite
+    assert model.get_layer("moe").experts == 4
+
+
+def test_routing_page_python_blocks_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for index, block in enumerate(
+        _python_blocks((ROOT / "docs/routing.md").read_text())
+    ):
+        try:
+            exec(compile(block, f"docs/routing.md block {index}", "exec"), {})
+        except Exception as error:
+            raise AssertionError(
+                f"docs/routing.md block {index} failed: {error!r}"
+            ) from error

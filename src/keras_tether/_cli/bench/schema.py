@@ -17,6 +17,9 @@ BASELINE_KINDS = {
     "keras-layers": "the same model built from plain Keras layers",
     "hand-written-ops": "the best form a user writes by hand with keras.ops",
     "seed-formula": "the formula the question started from",
+    "every-expert": "the same mixture of experts computing every expert on "
+    "every token, as keras-hub's MoE blocks do",
+    "fixed-mixture": "the same model mixed by one WeightedAverage for all examples",
 }
 
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}

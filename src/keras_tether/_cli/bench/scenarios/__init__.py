@@ -35,6 +35,7 @@ MODULES = (
     "mixing",
     "ties",
     "parallel",
+    "routing",
 )
 
 
