@@ -14,12 +14,13 @@ from keras_tether._backend_choice import choose_backend
 # below imports Keras, which reads the backend once, on import.
 choose_backend()
 
-from keras_tether import callbacks, layers, simplex, ties  # noqa: E402
+from keras_tether import callbacks, layers, parametrize, simplex, ties  # noqa: E402
 from keras_tether.layers import (  # noqa: E402
     ConvTranspose,
     DenseTranspose,
     EmbeddingTranspose,
     EntropyRegularizer,
+    Parametrized,
     TiedDense,
     TiedLayer,
     WeightedAverage,
@@ -37,12 +38,14 @@ __all__ = [
     "DenseTranspose",
     "EmbeddingTranspose",
     "EntropyRegularizer",
+    "Parametrized",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
     "__version__",
     "callbacks",
     "layers",
+    "parametrize",
     "simplex",
     "tied_autoencoder",
     "ties",

@@ -4,6 +4,7 @@ from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
+from keras_tether.layers._parametrized import Parametrized
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
 from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
@@ -13,6 +14,7 @@ __all__ = [
     "DenseTranspose",
     "EmbeddingTranspose",
     "EntropyRegularizer",
+    "Parametrized",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
