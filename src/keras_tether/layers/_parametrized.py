@@ -42,10 +42,41 @@ def _parametrized_property(name: str) -> property:
     return property(get, set_, doc=f"The parametrized value of `{name}`.")
 
 
+class _AsBaseClass:
+    """Gives `layer` its original class for the duration of a `with` block."""
+
+    def __init__(self, layer: keras.layers.Layer):
+        self.layer = layer
+        self.parametrized = type(layer)
+
+    def __enter__(self):
+        self.layer.__class__ = self.parametrized._parametrized_base_class
+        return self.layer
+
+    def __exit__(self, *exc_info):
+        self.layer.__class__ = self.parametrized
+
+
+def _save_own_variables(layer, store):
+    # The layer's own saving reads its weights by attribute: it must see its
+    # variables (the free parameters), not the computed values.
+    with _AsBaseClass(layer) as plain:
+        plain.save_own_variables(store)
+
+
+def _load_own_variables(layer, store):
+    with _AsBaseClass(layer) as plain:
+        plain.load_own_variables(store)
+
+
 def _parametrized_class(cls: type, names: tuple[str, ...]) -> type:
     key = (cls, names)
     if key not in _PARAMETRIZED_CLASSES:
         namespace = {name: _parametrized_property(name) for name in names}
+        namespace.update(
+            save_own_variables=_save_own_variables,
+            load_own_variables=_load_own_variables,
+        )
         # The subclass keeps the name of the class it extends, so messages and
         # summaries read as before; it is never serialized (see `get_config`).
         namespace.update(
@@ -157,15 +188,18 @@ class Parametrized(keras.layers.Layer):
         seed: int | None = None,
         **kwargs,
     ):
-        # The free parameters are read in their own dtype and the map runs
-        # there; the wrapped layer still autocasts its own computation.
-        kwargs["autocast"] = False
-        super().__init__(**kwargs)
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 "Expected `layer` to be a `keras.layers.Layer` instance. "
                 f"Received: layer={layer!r} of type {type(layer).__name__}"
             )
+        # The free parameters are read in their own dtype and the map runs
+        # there (no autocasting, and a policy that never enters an autocast
+        # scope); the wrapped layer still autocasts its own computation.
+        kwargs["autocast"] = False
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = layer.dtype_policy.variable_dtype
+        super().__init__(**kwargs)
         if hasattr(type(layer), "_parametrized_base_class"):
             raise ValueError(
                 f"Layer '{layer.name}' is already wrapped by a `Parametrized` "
@@ -201,6 +235,10 @@ class Parametrized(keras.layers.Layer):
 
     def build(self, input_shape=None):
         if not self.layer.built:
+            # Name the layer's variables as if it were not wrapped (`dense/
+            # kernel`), as they are named when a saved model is loaded.
+            if getattr(self.layer, "_parent_path", None) is None:
+                self.layer._parent_path = self._parent_path
             self.layer.build(input_shape)
         if not self._bindings:
             self._register()
@@ -415,12 +453,7 @@ def _find_variable(layer: keras.layers.Layer, name: str):
 
 def _serialize_plain(layer: keras.layers.Layer) -> dict:
     """Serializes `layer` as its own class, not the parametrized subclass."""
-    parametrized = type(layer)
-    base = getattr(parametrized, "_parametrized_base_class", None)
-    if base is None:
+    if not hasattr(type(layer), "_parametrized_base_class"):
         return keras.saving.serialize_keras_object(layer)
-    layer.__class__ = base
-    try:
-        return keras.saving.serialize_keras_object(layer)
-    finally:
-        layer.__class__ = parametrized
+    with _AsBaseClass(layer) as plain:
+        return keras.saving.serialize_keras_object(plain)
