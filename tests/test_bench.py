@@ -16,7 +16,10 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tether import _bench, _cli
+from keras_tether import _cli
+from keras_tether._cli import _args
+from keras_tether._cli.bench import report, runner, schema, timing
+from keras_tether._cli.bench.scenarios import ties as tie_scenarios
 
 BACKEND = keras.backend.backend()
 ROUNDS = 2
@@ -35,7 +38,7 @@ def quick_run(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "result.json"
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
-        code = _bench.main(
+        code = runner.main(
             [
                 "--backend",
                 BACKEND,
@@ -116,7 +119,10 @@ def test_quick_run_counts_the_autoencoder_parameters(quick_run):
     (autoencoder,) = [
         c for c in result["comparisons"] if c["name"] == "tied autoencoder"
     ]
-    sizes = [_bench.QUICK.autoencoder_input, *_bench.QUICK.autoencoder_units]
+    sizes = [
+        tie_scenarios.QUICK.autoencoder_input,
+        *tie_scenarios.QUICK.autoencoder_units,
+    ]
     kernels = sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
     encoder_biases = sum(sizes[1:])
     decoder_biases = sum(sizes[:-1])
@@ -157,22 +163,22 @@ class _FakeModel:
 def test_time_candidates_rotates_the_order_every_round():
     log = []
     candidates = [
-        _bench.Candidate(
+        timing.Candidate(
             key, key.upper(), _FakeModel(), lambda key=key: log.append(key)
         )
         for key in ("a", "b", "c")
     ]
-    sizes = _bench.QUICK
-    timing = _bench.time_candidates(candidates, sizes, rounds=4, warmup=2)
+    budget = runner.budget(quick=True, rounds=4, warmup=2)
+    measured = timing.time_candidates(candidates, budget)
 
-    steps = timing["steps_per_round"]
-    assert 1 <= steps <= sizes.max_steps_per_round
+    steps = measured["steps_per_round"]
+    assert 1 <= steps <= budget.max_steps_per_round
     assert log[:6] == ["a", "a", "b", "b", "c", "c"]
     blocks = [log[i] for i in range(6, len(log), steps)]
     assert blocks == list("abcbcacababc")
     assert len(log) == 6 + 4 * 3 * steps
     for key in "abc":
-        model = timing["models"][key]
+        model = measured["models"][key]
         assert model["label"] == key.upper()
         assert len(model["round_ms"]) == 4
         assert model["median_ms"] == statistics.median(model["round_ms"])
@@ -185,12 +191,17 @@ def test_ratio_is_the_median_of_round_ratios_not_of_medians():
             "base": {"label": "Base", "median_ms": 1.0, "round_ms": [1.0, 1.0, 3.0]},
         }
     }
-    row = _bench._row("toy", timing, "ours", "base", target=3.5)
+    row = schema.make_row(
+        "toy", timing, "ours", "base", baseline_kind="keras-layers", target=3.5
+    )
     # Per-round ratios 2, 4 and 3: their median is 3, the ratio of medians 4.
     assert row["round_ratios"] == [2.0, 4.0, 3.0]
     assert row["ratio"] == 3.0
     assert row["met"] is True
-    assert _bench._row("toy", timing, "ours", "base", target=2.5)["met"] is False
+    other = schema.make_row(
+        "toy", timing, "ours", "base", baseline_kind="keras-layers", target=2.5
+    )
+    assert other["met"] is False
 
 
 def test_format_table_marks_targets():
@@ -218,14 +229,14 @@ def test_format_table_marks_targets():
             "met": None,
         },
     ]
-    lines = _bench.format_table(rows).splitlines()
+    lines = report.format_table(rows).splitlines()
     assert [cell.strip() for cell in lines[2].split("|")][-2:] == ["<= 1.10", "NO"]
     assert [cell.strip() for cell in lines[3].split("|")][-2:] == ["-", "-"]
 
 
 def test_main_refuses_a_backend_keras_is_not_using(capsys):
-    other = next(name for name in _bench.BACKENDS if name != BACKEND)
-    assert _bench.main(["--backend", other, "--quick"]) == 2
+    other = next(name for name in _args.BACKENDS if name != BACKEND)
+    assert runner.main(["--backend", other, "--quick"]) == 2
     err = capsys.readouterr().err
     assert f"KERAS_BACKEND={other}" in err
 
@@ -243,7 +254,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
             json.dump(result, file)
         return _Completed(0)
 
-    monkeypatch.setattr(_bench.subprocess, "run", run)
+    monkeypatch.setattr(runner.subprocess, "run", run)
     out = tmp_path / "new" / "folder" / "bench.json"
     argv = ["bench", "--backends", BACKEND, "--quick", "--rounds", "2"]
     assert _cli.main([*argv, "--out", str(out)]) == 0
@@ -251,7 +262,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     (command, env_backend), *others = calls
     assert others == []
     assert env_backend == BACKEND
-    assert command[:3] == [sys.executable, "-m", "keras_tether._bench"]
+    assert command[:3] == [sys.executable, "-m", "keras_tether._cli.bench"]
     assert command[command.index("--backend") + 1] == BACKEND
     assert "--quick" in command
     assert command[command.index("--rounds") + 1] == "2"
@@ -270,7 +281,7 @@ def test_cli_bench_reports_a_failed_backend(monkeypatch, tmp_path, capsys):
     def run(command, env, capture_output, text):
         return _Completed(1, stderr="lots of noise\nImportError: no backend here\n")
 
-    monkeypatch.setattr(_bench.subprocess, "run", run)
+    monkeypatch.setattr(runner.subprocess, "run", run)
     out = tmp_path / "bench.json"
     assert _cli.main(["bench", "--backends", BACKEND, "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -287,3 +298,29 @@ class _Completed:
         self.returncode = returncode
         self.stdout = ""
         self.stderr = stderr
+
+
+def test_every_row_follows_the_one_row_schema(quick_run):
+    jsonschema = pytest.importorskip("jsonschema")
+    _, result, _ = quick_run
+    validator = jsonschema.Draft202012Validator(schema.ROW_SCHEMA)
+    validator.check_schema(schema.ROW_SCHEMA)
+    assert result["rows"]
+    for row in result["rows"]:
+        validator.validate(row)
+    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties"}
+    # A row that breaks the schema is caught: the check can fail.
+    broken = {**result["rows"][0], "ratio": -1.0}
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(broken)
+
+
+def test_make_row_refuses_an_unknown_baseline_kind():
+    timing = {
+        "models": {
+            "a": {"label": "A", "median_ms": 1.0, "round_ms": [1.0]},
+            "b": {"label": "B", "median_ms": 1.0, "round_ms": [1.0]},
+        }
+    }
+    with pytest.raises(ValueError, match="baseline_kind"):
+        schema.make_row("toy", timing, "a", "b", baseline_kind="other", target=None)

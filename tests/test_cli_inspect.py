@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import keras_tether
-from keras_tether import _backend_choice, _cli, _inspect
+from keras_tether import _backend_choice, _cli
+from keras_tether._cli import _inspect
 from keras_tether.layers import DenseTranspose, WeightedAverage
 
 # Logits set by hand, so the expected weights are a NumPy softmax of them.
@@ -262,7 +263,7 @@ def test_main_rejects_bad_arguments(argv, capsys):
 
 
 def test_main_demo_dispatches_to_the_demo(monkeypatch, tmp_path):
-    from keras_tether import _demo
+    from keras_tether._cli import _demo
 
     calls = []
 

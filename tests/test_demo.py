@@ -7,7 +7,7 @@ import sys
 import keras
 import pytest
 
-from keras_tether import _demo
+from keras_tether._cli import _demo
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 2

@@ -9,7 +9,8 @@ from collections.abc import Sequence
 
 import keras
 
-from keras_tether import __version__, _bench, _inspect
+from keras_tether import __version__
+from keras_tether._cli import _args
 
 PROG = "keras-tether"
 
@@ -73,7 +74,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--epochs",
-        type=_bench.positive_int,
+        type=_args.positive_int,
         metavar="N",
         help="training epochs of every model (default: the demo's own)",
     )
@@ -109,12 +110,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--backends",
-        type=_backend_list,
+        type=_args.backend_list,
         metavar="LIST",
         help="comma-separated backends to measure, from "
-        f"{','.join(_bench.BACKENDS)} (default: those installed)",
+        f"{','.join(_args.BACKENDS)} (default: those installed)",
     )
-    _bench.add_timing_arguments(bench)
+    _args.add_timing_arguments(bench)
     bench.add_argument(
         "--out",
         metavar="FILE.json",
@@ -126,12 +127,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _run_demo(args: argparse.Namespace) -> int:
     # The demo needs matplotlib and scikit-learn, the optional 'demo' extra.
-    from keras_tether import _demo
+    from keras_tether._cli import _demo
 
     return _demo.run(out_dir=args.out, epochs=args.epochs)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
+    from keras_tether._cli import _inspect
+
     try:
         report = _inspect.inspect_file(args.model)
     except _inspect.ModelReadError as error:
@@ -145,32 +148,20 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_bench(args: argparse.Namespace) -> int:
-    backends = args.backends or _bench.installed_backends()
+    from keras_tether._cli.bench import runner
+
+    backends = args.backends or _args.installed_backends()
     if not backends:
         print(
             f"{PROG}: no backend to measure: none of "
-            f"{', '.join(_bench.BACKENDS)} is installed",
+            f"{', '.join(_args.BACKENDS)} is installed",
             file=sys.stderr,
         )
         return 2
-    return _bench.run_all(
+    return runner.run_all(
         backends,
         quick=args.quick,
         rounds=args.rounds,
         warmup=args.warmup,
         out=args.out,
     )
-
-
-def _backend_list(text: str) -> list[str]:
-    names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in _bench.BACKENDS]
-    if not names or unknown:
-        raise argparse.ArgumentTypeError(
-            f"expected a comma-separated list of {', '.join(_bench.BACKENDS)}; "
-            f"got {text!r}"
-        )
-    missing = [name for name in names if name not in _bench.installed_backends()]
-    if missing:
-        raise argparse.ArgumentTypeError(f"not installed: {', '.join(missing)}")
-    return list(dict.fromkeys(names))
