@@ -4,6 +4,7 @@ from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
+from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._parametrized import Parametrized
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
@@ -14,6 +15,7 @@ __all__ = [
     "DenseTranspose",
     "EmbeddingTranspose",
     "EntropyRegularizer",
+    "ParallelDense",
     "Parametrized",
     "TiedDense",
     "TiedLayer",
