@@ -66,6 +66,29 @@ def test_quick_run_succeeds_and_records_its_settings(quick_run):
     assert isinstance(environment["thread_variables"], dict)
 
 
+_TRAINING = "parametrized Dense training step"
+_INFERENCE = "parametrized Dense inference step"
+PARAMETRIZE_ROWS = [
+    (_TRAINING, "Parametrized Positive", "Dense"),
+    (_TRAINING, "Parametrized WeightNorm", "Dense"),
+    (_TRAINING, "Parametrized Orthogonal", "Dense"),
+    (_TRAINING, "Parametrized SpectralNorm", "Dense"),
+    (_TRAINING, "Parametrized Positive", "Dense + NonNeg constraint"),
+    (_TRAINING, "Parametrized WeightNorm", "Dense + UnitNorm constraint"),
+    (_TRAINING, "Parametrized Orthogonal", "Dense + orthogonal projection (SVD)"),
+    (_TRAINING, "Parametrized SpectralNorm", "keras SpectralNormalization"),
+    (_INFERENCE, "Parametrized Orthogonal", "Dense"),
+    (
+        _INFERENCE,
+        "Parametrized Orthogonal",
+        "Parametrized Orthogonal, removed and baked",
+    ),
+    (_INFERENCE, "Parametrized Positive", "Dense"),
+    (_INFERENCE, "Parametrized Positive", "Parametrized Positive, removed and baked"),
+]
+PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 9
+
+
 def test_quick_run_reports_every_comparison(quick_run):
     _, result, _ = quick_run
     rows = [(row["benchmark"], row["ours"], row["baseline"]) for row in result["rows"]]
@@ -75,6 +98,7 @@ def test_quick_run_reports_every_comparison(quick_run):
         ("stress forward", "WeightedAverage", "Add"),
         ("seed scenario", "WeightedAverage", "Add"),
         ("tied autoencoder", "tied (DenseTranspose)", "untied (Dense)"),
+        *PARAMETRIZE_ROWS,
     ]
     targets = [row["target"] for row in result["rows"]]
     assert targets == [
@@ -83,6 +107,7 @@ def test_quick_run_reports_every_comparison(quick_run):
         None,
         EXPECTED_TARGETS["seed scenario"],
         EXPECTED_TARGETS["tied autoencoder"],
+        *PARAMETRIZE_TARGETS,
     ]
 
 

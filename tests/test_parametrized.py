@@ -667,3 +667,37 @@ def test_monotone_regression_example_runs():
     assert results["parametrized"]["decreasing"] == 0.0
     assert results["projected"]["decreasing"] == 0.0
     assert all(np.isfinite(row["test_mse"]) for row in results.values())
+
+
+def test_parallel_dense_computes_with_per_branch_unit_norm_kernels():
+    from keras_tether.layers import ParallelDense
+
+    layer = ParallelDense(3, branches=2)
+    wrapper = Parametrized(layer, {"kernel": parametrize.UnitNorm(axis=1)})
+    x = np.random.default_rng(0).normal(size=(4, 5)).astype("float32")
+    wrapper(x)
+    free = to_numpy(wrapper.free_weight("kernel")) * 2.0
+    wrapper.free_weight("kernel").assign(free)
+    kernel = free / np.linalg.norm(free, axis=1, keepdims=True)
+    bias = to_numpy(layer.bias)
+    expected = np.stack([x @ kernel[n] + bias[n] for n in range(2)], axis=1)
+    np.testing.assert_allclose(to_numpy(wrapper(x)), expected, atol=1e-5)
+
+
+def test_tie_to_a_parametrized_layer_survives_keras_file(tmp_path):
+    inputs = keras.Input((6,))
+    encoder = keras.layers.Dense(3, name="tied_encoder")
+    wrapper = Parametrized(encoder, {"kernel": parametrize.Orthogonal()})
+    decoder = DenseTranspose(encoder, name="tied_decoder")
+    model = keras.Model(inputs, decoder(wrapper(inputs)))
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    path = str(tmp_path / "tied.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
+    loaded_wrapper = next(la for la in loaded.layers if isinstance(la, Parametrized))
+    loaded_decoder = loaded.get_layer("tied_decoder")
+    assert loaded_decoder.source is loaded_wrapper.layer
+    assert len(loaded.weights) == 3

@@ -453,7 +453,13 @@ def _find_variable(layer: keras.layers.Layer, name: str):
 
 def _serialize_plain(layer: keras.layers.Layer) -> dict:
     """Serializes `layer` as its own class, not the parametrized subclass."""
+    # Serializing twice inside Keras' object-sharing scope (`.keras` saving)
+    # marks the layer as shared at once, before the model copies this config:
+    # a layer tied to it (a `DenseTranspose`) then loads as the very object
+    # this wrapper holds, not as a copy.
     if not hasattr(type(layer), "_parametrized_base_class"):
+        keras.saving.serialize_keras_object(layer)
         return keras.saving.serialize_keras_object(layer)
     with _AsBaseClass(layer) as plain:
+        keras.saving.serialize_keras_object(plain)
         return keras.saving.serialize_keras_object(plain)

@@ -34,6 +34,7 @@ from keras_tether._cli.bench import timing
 MODULES = (
     "mixing",
     "ties",
+    "parametrize",
 )
 
 
