@@ -333,7 +333,11 @@ def test_every_row_follows_the_one_row_schema(quick_run):
     assert result["rows"]
     for row in result["rows"]:
         validator.validate(row)
-    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties"}
+    assert {row["scenario"] for row in result["rows"]} == {
+        "mixing",
+        "ties",
+        "parametrize",
+    }
     # A row that breaks the schema is caught: the check can fail.
     broken = {**result["rows"][0], "ratio": -1.0}
     with pytest.raises(jsonschema.ValidationError):

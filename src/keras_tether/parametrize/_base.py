@@ -158,7 +158,7 @@ def deserialize(config: dict[str, Any]) -> Parametrization:
 
     >>> from keras_tether import parametrize
     >>> parametrize.deserialize(parametrize.serialize(parametrize.Positive()))
-    Positive(function='softplus')
+    Positive(function='softplus', minimum=0.001)
     """
     if not isinstance(config, dict):
         raise TypeError(

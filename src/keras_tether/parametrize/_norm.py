@@ -20,8 +20,9 @@ _TINY = 1e-30
 
 
 def _normalize(free: Tensor, axes: tuple[int, ...]) -> Tensor:
+    free = ops.convert_to_tensor(free)
     squared = ops.sum(ops.square(free), axis=axes, keepdims=True)
-    return free * ops.rsqrt(squared + _TINY)
+    return ops.multiply(free, ops.rsqrt(squared + _TINY))
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -126,8 +127,9 @@ class WeightNorm(Parametrization):
 
     def __call__(self, free: Tensor) -> Tensor:
         axes = reduction_axes(self.axis, len(free.shape))
+        free = ops.convert_to_tensor(free)
         magnitude = ops.cast(self.magnitude, free.dtype)
-        return magnitude * _normalize(free, axes)
+        return ops.multiply(magnitude, _normalize(free, axes))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         value = ops.convert_to_tensor(value, "float32")

@@ -20,7 +20,7 @@ def _q_factor(matrix: Tensor) -> Tensor:
     q, r = ops.qr(matrix, mode="reduced")
     diagonal = ops.diagonal(r)
     signs = ops.where(diagonal < 0, -1.0, 1.0)
-    return q * ops.cast(signs, q.dtype)
+    return ops.multiply(q, ops.cast(signs, q.dtype))
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -65,6 +65,7 @@ class Orthogonal(Parametrization):
         super().build(shape, add_weight)
 
     def __call__(self, free: Tensor) -> Tensor:
+        free = ops.convert_to_tensor(free)
         matrix = as_matrix(free)
         rows, columns = matrix.shape
         if rows >= columns:

@@ -78,7 +78,7 @@ class Positive(Parametrization):
             return ops.log(value)
         # log(expm1(w)), written so that it neither overflows for large w nor
         # loses precision for small w.
-        return value + ops.log(-ops.expm1(-value))
+        return ops.add(value, ops.log(ops.negative(ops.expm1(ops.negative(value)))))
 
     def sample(self, shape: Shape, seed: Any = None) -> Tensor:
         shape = tuple(shape)

@@ -81,6 +81,7 @@ class Simplex(Parametrization):
         super().build(shape, add_weight)
 
     def __call__(self, free: Tensor) -> Tensor:
+        free = ops.convert_to_tensor(free)
         return ops.cast(self.simplex(free, axis=self.axis), free.dtype)
 
     def right_inverse(self, value: Tensor) -> Tensor:
@@ -98,9 +99,10 @@ class Simplex(Parametrization):
             return ops.convert_to_tensor(self.simplex.inverse(mixed, self.axis))
 
     def sample(self, shape: Shape, seed: Any = None) -> Tensor:
-        exponential = -ops.log(keras.random.uniform(tuple(shape), 1e-7, 1.0, seed=seed))
+        uniform = keras.random.uniform(tuple(shape), 1e-7, 1.0, seed=seed)
+        exponential = ops.negative(ops.log(uniform))
         total = ops.sum(exponential, axis=self.axis, keepdims=True)
-        return self.right_inverse(exponential / total)
+        return self.right_inverse(ops.divide(exponential, total))
 
     def get_config(self) -> dict[str, Any]:
         return {"axis": self.axis, "simplex": simplex_maps.serialize(self.simplex)}

@@ -20,7 +20,7 @@ _TINY = 1e-30
 
 
 def _unit(vector: Tensor) -> Tensor:
-    return vector * ops.rsqrt(ops.sum(ops.square(vector)) + _TINY)
+    return ops.multiply(vector, ops.rsqrt(ops.sum(ops.square(vector)) + _TINY))
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -98,7 +98,8 @@ class SpectralNorm(Parametrization):
         return ops.sqrt(ops.sum(ops.square(ops.matmul(matrix, u))) + _TINY)
 
     def __call__(self, free: Tensor) -> Tensor:
-        return free / self.sigma(free)
+        free = ops.convert_to_tensor(free)
+        return ops.divide(free, self.sigma(free))
 
     def update(self, free: Tensor) -> None:
         if self.exact:

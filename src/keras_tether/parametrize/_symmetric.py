@@ -39,7 +39,8 @@ class Symmetric(Parametrization):
         super().build(shape, add_weight)
 
     def __call__(self, free: Tensor) -> Tensor:
-        return 0.5 * (free + _transpose_last_two(free))
+        free = ops.convert_to_tensor(free)
+        return ops.multiply(0.5, ops.add(free, _transpose_last_two(free)))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         return self(ops.convert_to_tensor(value, "float32"))
@@ -70,7 +71,8 @@ class Skew(Parametrization):
         super().build(shape, add_weight)
 
     def __call__(self, free: Tensor) -> Tensor:
-        return 0.5 * (free - _transpose_last_two(free))
+        free = ops.convert_to_tensor(free)
+        return ops.multiply(0.5, ops.subtract(free, _transpose_last_two(free)))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         return self(ops.convert_to_tensor(value, "float32"))
