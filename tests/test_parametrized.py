@@ -384,6 +384,10 @@ def test_keras_file_and_weights_round_trips(tmp_path):
     np.testing.assert_array_equal(twin.predict(x, verbose=0), reference)
 
 
+@pytest.mark.skipif(
+    keras.backend.backend() == "jax",
+    reason="on JAX, test_data_parallel_on_virtual_devices reloads in its fresh process",
+)
 def test_keras_file_loads_in_a_fresh_process(tmp_path):
     model, x = _saved_model()
     path = str(tmp_path / "model.keras")
@@ -517,6 +521,10 @@ def test_keras_spectral_normalization_differs_by_backend():
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="JAX distribution API")
 def test_data_parallel_on_virtual_devices(tmp_path):
+    # The fresh process also loads a model saved here, under the distribution.
+    saved, x_saved = _saved_model()
+    saved.save(str(tmp_path / "model.keras"))
+    np.save(tmp_path / "x.npy", x_saved)
     script = textwrap.dedent(
         """
         import os
@@ -548,8 +556,10 @@ def test_data_parallel_on_virtual_devices(tmp_path):
             "u_moved": bool(not np.allclose(u0, numpy(b.weights[0]))),
             "predict_error": float(np.abs(out - manual).max()),
         }))
+        loaded = keras.saving.load_model(TMP + "/model.keras", safe_mode=True)
+        np.save(TMP + "/y.npy", loaded.predict(np.load(TMP + "/x.npy"), verbose=0))
         """
-    )
+    ).replace("TMP", repr(str(tmp_path)))
     env = dict(
         os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", "")
     )
@@ -568,6 +578,9 @@ def test_data_parallel_on_virtual_devices(tmp_path):
     assert report["sigma"] == pytest.approx(1.0, abs=1e-2)
     assert report["u_moved"]
     assert report["predict_error"] < 1e-4
+    np.testing.assert_allclose(
+        np.load(tmp_path / "y.npy"), saved.predict(x_saved, verbose=0), atol=1e-6
+    )
 
 
 def test_notebook_reuse_of_names_keeps_models_apart():
