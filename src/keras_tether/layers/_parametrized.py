@@ -118,9 +118,12 @@ class Parametrized(keras.layers.Layer):
     reads the weight as an attribute in `call` work as they are. Reading
     `layer.<name>` anywhere, for example from a `DenseTranspose` tied to the
     wrapped `Dense`, returns the constrained value, so ties compose with
-    parametrizations. Inside the wrapper's call, `P` runs once per call, in
-    the variable dtype (float32 under mixed precision), and the result is cast
-    to the layer's compute dtype.
+    parametrizations. (While wrapped, the layer's class is a subclass of its
+    own, of the same name, that defines those attributes; `isinstance` checks
+    still hold, the layer is saved as its own class, and `remove()` restores
+    the class.) Inside the wrapper's call, `P` runs once per call, in the
+    variable dtype (float32 under mixed precision), and the result is cast to
+    the layer's compute dtype.
 
     By default (`initial="keep"`) the layer keeps its current weight: the
     free parameter is set to `P.right_inverse(W)`, projecting `W` onto the

@@ -19,10 +19,14 @@ from keras_tether.parametrize._base import (
 _TINY = 1e-30
 
 
+def _inverse_norm(free: Tensor, axes: tuple[int, ...]) -> Tensor:
+    squared = ops.sum(ops.square(free), axis=axes, keepdims=True)
+    return ops.rsqrt(squared + _TINY)
+
+
 def _normalize(free: Tensor, axes: tuple[int, ...]) -> Tensor:
     free = ops.convert_to_tensor(free)
-    squared = ops.sum(ops.square(free), axis=axes, keepdims=True)
-    return ops.multiply(free, ops.rsqrt(squared + _TINY))
+    return ops.multiply(free, _inverse_norm(free, axes))
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -129,7 +133,8 @@ class WeightNorm(Parametrization):
         axes = reduction_axes(self.axis, len(free.shape))
         free = ops.convert_to_tensor(free)
         magnitude = ops.cast(self.magnitude, free.dtype)
-        return ops.multiply(magnitude, _normalize(free, axes))
+        # Scale the small per-slice factor first: one full-size product.
+        return ops.multiply(free, ops.multiply(magnitude, _inverse_norm(free, axes)))
 
     def right_inverse(self, value: Tensor) -> Tensor:
         value = ops.convert_to_tensor(value, "float32")
