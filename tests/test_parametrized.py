@@ -714,3 +714,17 @@ def test_tie_to_a_parametrized_layer_survives_keras_file(tmp_path):
     loaded_decoder = loaded.get_layer("tied_decoder")
     assert loaded_decoder.source is loaded_wrapper.layer
     assert len(loaded.weights) == 3
+
+
+def test_pickle_and_deepcopy_keep_the_parametrization():
+    import copy
+    import pickle
+
+    model, x = _saved_model()
+    reference = model.predict(x, verbose=0)
+    for copied in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model)):
+        np.testing.assert_allclose(copied.predict(x, verbose=0), reference, atol=1e-6)
+        wrapper = next(la for la in copied.layers if isinstance(la, Parametrized))
+        assert wrapper.layer is not model.layers[1].layer
+        kernel = to_numpy(wrapper.parametrized_weight("kernel"))
+        assert _orthonormal_error(kernel) < 1e-5
