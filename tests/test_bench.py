@@ -67,6 +67,29 @@ def test_quick_run_succeeds_and_records_its_settings(quick_run):
     assert isinstance(environment["thread_variables"], dict)
 
 
+_TRAINING = "parametrized Dense training step"
+_INFERENCE = "parametrized Dense inference step"
+PARAMETRIZE_ROWS = [
+    (_TRAINING, "Parametrized Positive", "Dense"),
+    (_TRAINING, "Parametrized WeightNorm", "Dense"),
+    (_TRAINING, "Parametrized Orthogonal", "Dense"),
+    (_TRAINING, "Parametrized SpectralNorm", "Dense"),
+    (_TRAINING, "Parametrized Positive", "Dense + NonNeg constraint"),
+    (_TRAINING, "Parametrized WeightNorm", "Dense + UnitNorm constraint"),
+    (_TRAINING, "Parametrized Orthogonal", "Dense + orthogonal projection (SVD)"),
+    (_TRAINING, "Parametrized SpectralNorm", "keras SpectralNormalization"),
+    (_INFERENCE, "Parametrized Orthogonal", "Dense"),
+    (
+        _INFERENCE,
+        "Parametrized Orthogonal",
+        "Parametrized Orthogonal, removed and baked",
+    ),
+    (_INFERENCE, "Parametrized Positive", "Dense"),
+    (_INFERENCE, "Parametrized Positive", "Parametrized Positive, removed and baked"),
+]
+PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 9
+
+
 def test_quick_run_reports_every_comparison(quick_run):
     _, result, _ = quick_run
     rows = [(row["benchmark"], row["ours"], row["baseline"]) for row in result["rows"]]
@@ -83,6 +106,7 @@ def test_quick_run_reports_every_comparison(quick_run):
             "MixtureOfExperts E=16 dense",
         ),
         ("gated seed scenario", "GatedAverage", "WeightedAverage"),
+        *PARAMETRIZE_ROWS,
     ]
     targets = [row["target"] for row in result["rows"]]
     assert targets == [
@@ -94,6 +118,7 @@ def test_quick_run_reports_every_comparison(quick_run):
         *[1.0] * len(PARALLEL_ROWS),
         EXPECTED_TARGETS["mixture of experts"],
         None,
+        *PARAMETRIZE_TARGETS,
     ]
 
 
@@ -328,7 +353,7 @@ def test_every_row_follows_the_one_row_schema(quick_run):
     for row in result["rows"]:
         validator.validate(row)
     scenarios = {row["scenario"] for row in result["rows"]}
-    assert scenarios == {"mixing", "ties", "parallel", "routing"}
+    assert scenarios == {"mixing", "ties", "parallel", "routing", "parametrize"}
     # A row that breaks the schema is caught: the check can fail.
     broken = {**result["rows"][0], "ratio": -1.0}
     with pytest.raises(jsonschema.ValidationError):

@@ -46,6 +46,7 @@ def _public_modules():
         keras_tether,
         keras_tether.layers,
         keras_tether.simplex,
+        keras_tether.parametrize,
         keras_tether.ties,
         keras_tether.callbacks,
     ]

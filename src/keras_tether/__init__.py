@@ -14,7 +14,14 @@ from keras_tether._backend_choice import choose_backend
 # below imports Keras, which reads the backend once, on import.
 choose_backend()
 
-from keras_tether import callbacks, distribution, layers, simplex, ties  # noqa: E402
+from keras_tether import (  # noqa: E402
+    callbacks,
+    distribution,
+    layers,
+    parametrize,
+    simplex,
+    ties,
+)
 from keras_tether.layers import (  # noqa: E402
     ConvTranspose,
     DenseTranspose,
@@ -23,6 +30,7 @@ from keras_tether.layers import (  # noqa: E402
     GatedAverage,
     MixtureOfExperts,
     ParallelDense,
+    Parametrized,
     TiedDense,
     TiedLayer,
     WeightedAverage,
@@ -43,6 +51,7 @@ __all__ = [
     "GatedAverage",
     "MixtureOfExperts",
     "ParallelDense",
+    "Parametrized",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
@@ -50,6 +59,7 @@ __all__ = [
     "callbacks",
     "distribution",
     "layers",
+    "parametrize",
     "simplex",
     "tied_autoencoder",
     "ties",

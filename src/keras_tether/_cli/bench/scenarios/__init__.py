@@ -36,6 +36,7 @@ MODULES = (
     "ties",
     "parallel",
     "routing",
+    "parametrize",
 )
 
 
