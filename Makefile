@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint format clean
+.PHONY: install test demo bench lint format clean dist one-backend
 
 install: $(STAMP)
 
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[tensorflow,jax,torch,demo,dev]"
+	$(BIN)/pip install --quiet -e ".[tensorflow,jax,torch,demo,dev,docs]"
 	touch $(STAMP)
 
 test: $(STAMP)
@@ -38,9 +38,19 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests examples
 	$(BIN)/ruff format --check src tests examples
 
+# The sdist and the wheel, checked as PyPI checks an upload.
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --no-isolation --outdir dist .
+	$(BIN)/twine check --strict dist/*
+
+# The wheel in a fresh venv with JAX only: the README's blocks and the examples.
+one-backend: dist
+	PYTHON=$(PYTHON) .ci/one_backend_install dist/*.whl jax
+
 format: $(STAMP)
 	$(BIN)/ruff check --fix src tests examples
 	$(BIN)/ruff format src tests examples
 
 clean:
-	rm -rf $(VENV) build dist demo-output bench-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site demo-output bench-output .pytest_cache .ruff_cache
