@@ -247,14 +247,15 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     _, result, _ = quick_run
     calls = []
 
-    def run(command, env, capture_output, text):
+    def popen(command, env, **kwargs):
         calls.append((command, env["KERAS_BACKEND"]))
         out = command[command.index("--out") + 1]
         with open(out, "w") as file:
             json.dump(result, file)
-        return _Completed(0)
+        progress = f"keras-tether bench: {BACKEND}: 1/4 mixing: stress\n"
+        return _Process(0, stderr="TensorFlow noise\n" + progress)
 
-    monkeypatch.setattr(runner.subprocess, "run", run)
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
     out = tmp_path / "new" / "folder" / "bench.json"
     argv = ["bench", "--backends", BACKEND, "--quick", "--rounds", "2"]
     assert _cli.main([*argv, "--out", str(out)]) == 0
@@ -272,16 +273,19 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     assert combined["failures"] == {}
     assert combined["settings"]["rounds"] == 2
     assert "environment" in combined
-    printed = capsys.readouterr().out
-    assert "ours (ms/step)" in printed
-    assert "tied autoencoder kernels" in printed
+    printed = capsys.readouterr()
+    assert "ours (ms/step)" in printed.out
+    assert "tied autoencoder kernels" in printed.out
+    # The measuring process's progress is passed on, its other lines are not.
+    assert f"keras-tether bench: {BACKEND}: 1/4 mixing: stress" in printed.err
+    assert "TensorFlow noise" not in printed.err
 
 
 def test_cli_bench_reports_a_failed_backend(monkeypatch, tmp_path, capsys):
-    def run(command, env, capture_output, text):
-        return _Completed(1, stderr="lots of noise\nImportError: no backend here\n")
+    def popen(command, env, **kwargs):
+        return _Process(1, stderr="lots of noise\nImportError: no backend here\n\n")
 
-    monkeypatch.setattr(runner.subprocess, "run", run)
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
     out = tmp_path / "bench.json"
     assert _cli.main(["bench", "--backends", BACKEND, "--out", str(out)]) == 1
     err = capsys.readouterr().err
@@ -293,11 +297,15 @@ def test_cli_bench_reports_a_failed_backend(monkeypatch, tmp_path, capsys):
     }
 
 
-class _Completed:
+class _Process:
+    """What the runner uses of `subprocess.Popen`."""
+
     def __init__(self, returncode, stderr=""):
         self.returncode = returncode
-        self.stdout = ""
-        self.stderr = stderr
+        self.stderr = io.StringIO(stderr)
+
+    def wait(self):
+        return self.returncode
 
 
 def test_every_row_follows_the_one_row_schema(quick_run):

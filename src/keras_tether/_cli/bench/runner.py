@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_tether._cli import _args
+from keras_tether._cli._progress import note
 from keras_tether._cli.bench import report, timing
 
 # Environment variables that set the thread pools of the backends. They are
@@ -37,6 +38,10 @@ BACKEND_DISTRIBUTIONS = {
 }
 
 PROG = "keras-tether bench"
+
+# A measuring process's lines of progress on stderr start with this; the
+# command passes them on and keeps the rest for a message if it fails.
+PROGRESS_PREFIX = f"{PROG}: "
 
 
 def budget(
@@ -113,7 +118,10 @@ def run_backend(
     context = scenarios.Context(backend=backend, quick=quick, budget=chosen)
     comparisons = []
     rows = []
-    for module, scenario in scenarios.load():
+    loaded = scenarios.load()
+    for number, (module, scenario) in enumerate(loaded, start=1):
+        name = scenario.__name__.replace("_", " ")
+        note(f"{PROGRESS_PREFIX}{backend}: {number}/{len(loaded)} {module}: {name}")
         comparison = scenario(context)
         comparisons.append(comparison.details)
         rows.extend(
@@ -244,10 +252,22 @@ def _run_subprocess(
         if warmup is not None:
             command += ["--warmup", str(warmup)]
         env = {**os.environ, "KERAS_BACKEND": backend}
-        completed = subprocess.run(command, env=env, capture_output=True, text=True)
-        if completed.returncode != 0:
-            tail = completed.stderr.strip().splitlines()[-1:] or ["no message"]
-            return None, f"exit code {completed.returncode}: {tail[0]}"
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        last = "no message"
+        for line in process.stderr:
+            if line.startswith(PROGRESS_PREFIX):
+                note(line.rstrip())
+            elif line.strip():
+                last = line.strip()
+        code = process.wait()
+        if code != 0:
+            return None, f"exit code {code}: {last}"
         with open(path) as file:
             return json.load(file), None
 
