@@ -87,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_backend(quick=args.quick, rounds=args.rounds, warmup=args.warmup)
     if args.out:
         _write_json(args.out, result)
+    if args.quick:
+        print(report.QUICK_NOTE)
     print(report.format_table(result["rows"]))
     return 0
 
@@ -124,9 +126,11 @@ def run_backend(
         note(f"{PROGRESS_PREFIX}{backend}: {number}/{len(loaded)} {module}: {name}")
         comparison = scenario(context)
         comparisons.append(comparison.details)
-        rows.extend(
-            {"backend": backend, "scenario": module, **row} for row in comparison.rows
-        )
+        for row in comparison.rows:
+            row = {"backend": backend, "scenario": module, **row}
+            if quick:
+                row.update(met=None, indicative=True)
+            rows.append(row)
         keras.backend.clear_session()
     return {
         "backend": backend,
@@ -221,13 +225,16 @@ def run_all(
         "failures": failures,
     }
     if rows:
+        if quick:
+            print(report.QUICK_NOTE)
         print(report.format_table(rows))
         print()
-        for note in report.notes(results):
-            print(note)
+        for line in report.notes(results):
+            print(line)
     if out:
         _write_json(out, combined)
-        print(f"\nwrote {out}")
+        written = [out, *report.write_report(combined, os.path.dirname(out) or ".")]
+        print("\nwrote " + ", ".join(written))
     return 1 if failures else 0
 
 
