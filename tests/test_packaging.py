@@ -93,5 +93,12 @@ def test_sdist_carries_what_pytest_needs(distributions):
     }
     needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
     needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.py")}
-    needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")}
+    docs = [*(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.py")]
+    needed |= {
+        str(path.relative_to(ROOT))
+        for path in docs
+        if "generated" not in path.relative_to(ROOT).parts
+    }
+    assert "docs/index.md" in needed
     assert needed - names == set()
+    assert not any(name.startswith("docs/generated/") for name in names)

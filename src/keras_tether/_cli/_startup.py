@@ -5,14 +5,16 @@ log lines on the way). The package's `__init__` calls `prepare_command_line`
 before it imports Keras; in any process other than the `keras-tether`
 command it does nothing. In that command it parses the arguments with a
 parser that needs no Keras, so `--help`, `--version`, a missing command and
-a bad argument are answered at once; otherwise it imports Keras itself,
-printing each of TensorFlow's start-up log lines once (TensorFlow logs them
-once per native library it loads).
+a bad argument are answered at once; otherwise it imports Keras itself (and
+TensorFlow for a command that trains), printing each of TensorFlow's
+start-up log lines once (TensorFlow logs them once per native library it
+loads).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import re
 import sys
@@ -48,6 +50,11 @@ def prepare_command_line() -> None:
         sys.exit(2)
     with _each_native_log_line_once():
         import keras  # noqa: F401
+
+        # Keras' training loop imports TensorFlow, where it is installed, on
+        # any backend: the demo, which trains, imports it here instead.
+        if args.command == "demo" and importlib.util.find_spec("tensorflow"):
+            import tensorflow  # noqa: F401
 
 
 @contextlib.contextmanager
