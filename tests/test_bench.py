@@ -85,9 +85,11 @@ def test_quick_run_succeeds_and_records_its_settings(quick_run):
 
 def test_quick_run_reports_every_comparison(quick_run):
     _, result, _ = quick_run
+    # Other scenario modules add their own rows; these are this file's.
     rows = [
         (r["benchmark"], r["ours"], r["baseline"], r["baseline_kind"], r["target"])
         for r in result["rows"]
+        if r["scenario"] in ("mixing", "ties")
     ]
     assert rows == EXPECTED_ROWS
 
@@ -348,7 +350,7 @@ def test_every_row_follows_the_one_row_schema(quick_run):
     assert result["rows"]
     for row in result["rows"]:
         validator.validate(row)
-    assert {row["scenario"] for row in result["rows"]} == {"mixing", "ties"}
+    assert {row["scenario"] for row in result["rows"]} >= {"mixing", "ties"}
     # A row that breaks the schema is caught: the check can fail.
     broken = {**result["rows"][0], "ratio": -1.0}
     with pytest.raises(jsonschema.ValidationError):
