@@ -3,7 +3,8 @@
 `run_layer_test` builds a small model around a layer and checks, in order: the
 config round trip, a symbolic call, an eager call, weight counts, one `fit` step
 that moves every trainable weight, a mixed-precision call, and a `.keras`
-save/load (with `safe_mode=True`) that reproduces the outputs exactly.
+save/load (with `safe_mode=True`) that reproduces the outputs exactly; also a
+JSON config round trip and, with `passes_masks`, masking.
 
 Layers whose constructor takes another layer (tied layers) pass `make_model`
 instead of `init_kwargs`: a callable returning `(model, layer)` for a model that
@@ -12,6 +13,7 @@ holds the layer, so every check runs on the model as a user would save it.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -51,6 +53,7 @@ def run_layer_test(
     run_saving_check: bool = True,
     custom_objects: dict | None = None,
     atol: float = 0.0,
+    passes_masks: bool | None = None,
 ) -> None:
     """Checks a layer end to end; raises `AssertionError` on the first failure."""
     data = _as_list(input_data)
@@ -72,6 +75,29 @@ def run_layer_test(
         f"config round trip changed the config:\n{config}\n!=\n{revived.get_config()}"
     )
     assert isinstance(layer, layer_cls)
+
+    # JSON round trip: the config survives text, as in a `.keras` file.
+    text = json.dumps(keras.saving.serialize_keras_object(layer))
+    from_json = keras.saving.deserialize_keras_object(
+        json.loads(text), custom_objects=custom_objects, safe_mode=True
+    )
+    assert type(from_json) is type(layer)
+    as_json = json.loads(json.dumps(config))  # tuples read back as lists
+    assert json.loads(json.dumps(from_json.get_config())) == as_json, (
+        "JSON round trip changed the config"
+    )
+
+    # Masking: a layer that passes masks returns the mask it was given.
+    if passes_masks is not None:
+        assert layer.supports_masking == passes_masks
+        if not list_input and len(data) == 1 and data[0].ndim >= 3:
+            rng = np.random.default_rng(0)
+            mask = rng.random(data[0].shape[:-1]) > 0.5
+            returned = layer.compute_mask(data[0], mask)
+            if passes_masks:
+                np.testing.assert_array_equal(_to_numpy(returned), mask)
+            else:
+                assert returned is None
 
     # Symbolic call (the model above) and eager call agree on shapes.
     symbolic_shape = tuple(model.outputs[0].shape)

@@ -113,6 +113,7 @@ def test_inspect_file_reports_mixtures_ties_and_params(saved_model):
             "shapes": [[6, 4]],
             "transform": "transpose",
             "source_in_model": True,
+            "pending": False,
         }
     ]
 
@@ -360,3 +361,21 @@ def test_choose_backend_does_nothing_once_keras_is_imported(
     monkeypatch.setitem(sys.modules, "keras", keras)
     assert _backend_choice.choose_backend() is None
     assert "KERAS_BACKEND" not in os.environ
+
+
+def test_main_inspect_flags_a_pending_tie(tmp_path, capsys):
+    encoder = keras.layers.Dense(3, name="encoder")
+    encoder_model = keras.Sequential([keras.Input((5,)), encoder])
+    decoder_model = keras.Sequential(
+        [keras.Input((3,)), DenseTranspose(encoder, name="decoder")]
+    )
+    assert encoder_model.built
+    path = str(tmp_path / "decoder.keras")
+    decoder_model.save(path)  # the encoder stays behind: the tie is pending
+    assert _cli.main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "decoder (DenseTranspose) -> encoder (Dense)" in out
+    assert "PENDING: not bound to its source" in out
+    assert _cli.main(["inspect", path, "--json"]) == 0
+    (tie,) = json.loads(capsys.readouterr().out)["ties"]
+    assert tie["pending"] is True and tie["variables"] == []

@@ -262,6 +262,7 @@ def test_passes_the_layer_conformance_checks():
         make_model=_autoencoder,
         expected_output_shape=(2, 7, 7, 2),
         expected_num_trainable_weights=2,
+        passes_masks=False,
     )
 
 
@@ -314,11 +315,11 @@ def test_refuses_a_grouped_convolution():
         ConvTranspose(keras.layers.Conv2D(4, 3, groups=2))
 
 
-def test_refuses_a_quantized_source():
+def test_refuses_a_source_quantized_in_an_unsupported_mode():
     class QuantizedConv(keras.layers.Conv1D):
-        quantization_mode = "int8"
+        quantization_mode = "gptq"
 
-    with pytest.raises(ValueError, match=r"quantization_mode='int8'"):
+    with pytest.raises(ValueError, match=r"quantized with mode 'gptq'"):
         ConvTranspose(QuantizedConv(2, 3))
 
 

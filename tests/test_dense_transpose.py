@@ -151,19 +151,78 @@ def test_lora_source_is_read_with_its_update():
     }
 
 
-def test_quantized_source_is_refused():
+def _dequantized_kernel(source):
+    """The float kernel an int8 / per-channel int4 Dense computes with, in numpy."""
+    stored = _np(source.kernel).astype("float64")
+    scale = _np(source.kernel_scale).astype("float64").reshape(1, -1)
+    return stored / scale
+
+
+@pytest.mark.parametrize("mode", ["int8", "int4"])
+def test_quantized_source_is_read_through_its_scales(mode):
     source = _built_dense(4, 8, use_bias=False)
-    source.quantize("int8")
-    with pytest.raises(ValueError, match="quantized"):
-        DenseTranspose(source)
+    float_kernel = _np(source.kernel).copy()
+    if mode == "int4":  # per-channel: one scale per output unit
+        config = keras.quantizers.Int4QuantizationConfig(block_size=-1)
+        source.quantize(mode, config=config)
+    else:
+        source.quantize(mode)
+    layer = DenseTranspose(source)
+    y = np.random.default_rng(3).normal(size=(5, 4)).astype("float32")
+    outputs = _np(layer(y))
+    kernel = _dequantized_kernel(source)
+    # The dequantized kernel is the float one up to half a quantization step.
+    levels = 127 if mode == "int8" else 7
+    step = np.abs(float_kernel).max(axis=0) / levels
+    assert np.all(np.abs(kernel - float_kernel) <= step[None, :] / 2 + 1e-6)
+    expected = y @ kernel.T + _np(layer.bias)
+    np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_source_quantized_after_tying_is_refused_at_call():
+def test_float8_source_is_read_as_it_is():
+    source = _built_dense(4, 8, use_bias=False)
+    source.quantize("float8")
+    layer = DenseTranspose(source, use_bias=False)
+    y = np.ones((2, 4), "float32")
+    np.testing.assert_allclose(
+        _np(layer(y)), y @ _np(source.kernel).T, rtol=1e-6, atol=1e-6
+    )
+
+
+def test_source_quantized_after_tying_keeps_the_tie_computing():
     source = _built_dense(4, 8, use_bias=False)
     layer = DenseTranspose(source, use_bias=False)
-    layer(np.ones((1, 4), "float32"))
+    y = np.ones((1, 4), "float32")
+    layer(y)
     source.quantize("int8")
-    with pytest.raises(ValueError, match="quantized"):
+    np.testing.assert_allclose(
+        _np(layer(y)), y @ _dequantized_kernel(source).T, rtol=1e-5, atol=1e-5
+    )
+
+
+def test_model_quantize_keeps_a_tied_autoencoder_working():
+    encoder = keras.layers.Dense(3, name="encoder")
+    decoder = DenseTranspose(encoder, name="decoder")
+    inputs = keras.Input((6,))
+    model = keras.Model(inputs, decoder(encoder(inputs)))
+    x = np.random.default_rng(4).normal(size=(8, 6)).astype("float32")
+    float_output = _np(model.predict(x, verbose=0))
+    model.quantize("int8")
+    code = _np(encoder(x))
+    expected = code @ _dequantized_kernel(encoder).T + _np(decoder.bias)
+    output = _np(model.predict(x, verbose=0))
+    np.testing.assert_allclose(output, expected, rtol=1e-4, atol=1e-4)
+    # Still the autoencoder it was, up to int8 rounding.
+    np.testing.assert_allclose(output, float_output, atol=0.1)
+
+
+def test_grouped_int4_source_is_refused_with_the_mode():
+    source = _built_dense(4, 8, use_bias=False)
+    source.quantize(
+        "int4", config=keras.quantizers.Int4QuantizationConfig(block_size=4)
+    )
+    layer = DenseTranspose(source, use_bias=False)
+    with pytest.raises(ValueError, match=r"quantized with mode 'int4'.*filters"):
         layer(np.ones((1, 4), "float32"))
 
 
@@ -220,21 +279,44 @@ def test_tied_dense_unknown_transform_and_weight():
     with pytest.raises(ValueError, match=r"Unknown transform.*transform='flip'"):
         TiedDense(_built_dense(), transform="flip")
     layer = TiedDense(_built_dense(), weight="kernal")
-    with pytest.raises(ValueError, match="no weight attribute 'kernal'"):
+    with pytest.raises(ValueError, match="no weight 'kernal'"):
         layer(np.ones((1, 5), "float32"))
+    layer = TiedDense(_built_dense(), weight="kernel_initializer")
+    with pytest.raises(ValueError, match="no weight 'kernel_initializer'.*Glorot"):
+        layer(np.ones((1, 5), "float32"))
+
+
+@pytest.mark.parametrize("value", ["no", 1, None])
+def test_use_bias_must_be_a_boolean(value):
+    with pytest.raises(TypeError, match=rf"`use_bias`.*use_bias={value!r}"):
+        DenseTranspose(_built_dense(), use_bias=value)
 
 
 def test_conformance_in_a_functional_model():
     def make_model():
         encoder = keras.layers.Dense(3, activation="relu")
         decoder = DenseTranspose(encoder, activation="sigmoid")
-        inputs = keras.Input((6,))
+        inputs = keras.Input((4, 6))
         return keras.Model(inputs, decoder(encoder(inputs))), decoder
 
     run_layer_test(
         DenseTranspose,
-        np.random.default_rng(4).normal(size=(8, 6)).astype("float32"),
+        np.random.default_rng(4).normal(size=(8, 4, 6)).astype("float32"),
         make_model=make_model,
-        expected_output_shape=(8, 6),
+        expected_output_shape=(8, 4, 6),
         expected_num_trainable_weights=2,
+        passes_masks=True,
     )
+
+
+def test_a_mask_entering_the_layer_leaves_it():
+    encoder = _built_dense(3, 5)
+    inputs = keras.Input((4, 3))
+    decoded = DenseTranspose(encoder, use_bias=False)(keras.layers.Masking()(inputs))
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling1D()(decoded))
+    y = np.random.default_rng(6).normal(size=(2, 4, 3)).astype("float32")
+    y[0, 2:] = 0.0  # masked steps
+    y[1, 3:] = 0.0
+    steps = y @ _np(encoder.kernel).T
+    expected = np.stack([steps[0, :2].mean(0), steps[1, :3].mean(0)])
+    np.testing.assert_allclose(_np(model(y)), expected, rtol=1e-5, atol=1e-6)

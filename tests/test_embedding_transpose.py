@@ -193,6 +193,7 @@ def test_passes_the_layer_conformance_checks():
         make_model=_language_model,
         expected_output_shape=(3, 5, 11),
         expected_num_trainable_weights=2,
+        passes_masks=True,
     )
 
 
@@ -245,9 +246,13 @@ def test_refuses_a_source_that_is_not_an_embedding():
         EmbeddingTranspose(keras.layers.Dense(3))
 
 
-@pytest.mark.parametrize("cap", [0, -1.0, "10", True])
-def test_refuses_a_bad_soft_cap(cap):
-    with pytest.raises(ValueError, match=rf"logit_soft_cap={cap!r}"):
+@pytest.mark.parametrize(
+    "cap, error",
+    [(0, ValueError), (-1.0, ValueError), (float("inf"), ValueError)]
+    + [(float("nan"), ValueError), ("10", TypeError), (True, TypeError)],
+)
+def test_refuses_a_bad_soft_cap(cap, error):
+    with pytest.raises(error, match=r"`logit_soft_cap`.*logit_soft_cap="):
         EmbeddingTranspose(_embedding(), logit_soft_cap=cap)
 
 
@@ -257,19 +262,14 @@ def test_refuses_a_bad_logits_dtype(dtype):
         EmbeddingTranspose(_embedding(), logits_dtype=dtype)
 
 
-def test_refuses_a_quantized_source():
+def test_int8_source_is_read_through_its_row_scales():
     source = _embedding()
     source.quantize("int8")
-    with pytest.raises(ValueError, match=r"quantization_mode='int8'"):
-        EmbeddingTranspose(source)
-
-
-def test_refuses_a_source_quantized_after_tying():
-    source = _embedding()
     layer = EmbeddingTranspose(source)
-    source.quantize("int8")
-    with pytest.raises(ValueError, match=r"quantization_mode='int8'"):
-        layer(np.ones((1, 4), "float32"))
+    table = _np(source.embeddings).astype("float64")
+    table = table / _np(source.embeddings_scale).astype("float64")[:, None]
+    y = np.random.default_rng(5).normal(size=(3, table.shape[1])).astype("float32")
+    np.testing.assert_allclose(_np(layer(y)), y @ table.T, rtol=1e-5, atol=1e-5)
 
 
 def test_refuses_inputs_of_the_wrong_size():

@@ -956,3 +956,41 @@ def test_maps_train_inside_a_compiled_model(name):
     predictions = model.predict(inputs, verbose=0)
     expected = inputs @ reference(after, -1, None).T
     np.testing.assert_allclose(predictions[:, 0], expected, atol=1e-5)
+
+
+NON_FINITE_MAPS = ["softmax", "sparsemax", "entmax15", "relu_normalized"]
+
+
+@pytest.mark.parametrize("name", NON_FINITE_MAPS + ["gumbel_softmax"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nan_or_plus_inf_makes_the_whole_slice_nan(name, bad):
+    logits = np.array([[bad, 0.5, -1.0], [1.0, 0.5, -1.0]], "float32")
+    weights = keras.ops.convert_to_numpy(getattr(simplex, name)(logits))
+    assert np.all(np.isnan(weights[0])), weights
+    assert np.all(np.isfinite(weights[1])) and np.isclose(weights[1].sum(), 1, 1e-3)
+
+
+@pytest.mark.parametrize("name", NON_FINITE_MAPS)
+def test_minus_inf_gets_weight_zero_and_the_rest_is_unchanged(name):
+    fn = getattr(simplex, name)
+    with_minus_inf = np.array([[-np.inf, 1.0, 0.2, -0.3]], "float32")
+    weights = keras.ops.convert_to_numpy(fn(with_minus_inf))
+    rest = keras.ops.convert_to_numpy(fn(with_minus_inf[:, 1:]))
+    assert weights[0, 0] == 0.0
+    np.testing.assert_allclose(weights[:, 1:], rest, rtol=1e-6, atol=1e-7)
+    all_minus_inf = np.full((1, 3), -np.inf, "float32")
+    assert np.all(np.isnan(keras.ops.convert_to_numpy(fn(all_minus_inf))))
+
+
+@pytest.mark.parametrize("temperature", [1e-38, 1e-45, 0.0])
+def test_temperatures_that_act_as_zero_are_refused(temperature):
+    with pytest.raises(ValueError, match=r"`temperature`.*temperature="):
+        simplex.softmax(np.ones(3, "float32"), temperature=temperature)
+    with pytest.raises(ValueError, match=r"`temperature`"):
+        simplex.Softmax(temperature=temperature)
+
+
+def test_the_smallest_allowed_temperature_gives_a_one_hot_argmax():
+    logits = np.array([[0.3, 1.0, 0.99999]], "float32")
+    weights = simplex.softmax(logits, temperature=float(np.finfo(np.float32).tiny))
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(weights), [[0, 1, 0]])

@@ -1,6 +1,5 @@
 """Ties survive every path: saving, loading, cloning, configs, checkpoints."""
 
-import itertools
 import json
 import os
 import subprocess
@@ -17,13 +16,11 @@ from keras_tether import ties
 from keras_tether.layers import DenseTranspose, TiedLayer
 
 INPUT_DIM, CODE_DIM = 6, 3
-_BUILDS = itertools.count()
 
 
 def _names():
-    """Fresh layer names per model, so no test sees another test's layers."""
-    index = next(_BUILDS)
-    return f"enc_{index}", f"dec_{index}"
+    """The same layer names in every model, as a notebook re-run would give."""
+    return "encoder", "decoder"
 
 
 X = np.random.default_rng(0).normal(size=(16, INPUT_DIM)).astype("float32")
@@ -53,11 +50,11 @@ def nested_sequential():
     enc, dec = _names()
     encoder = keras.layers.Dense(CODE_DIM, activation="relu", name=enc)
     encoder_model = keras.Sequential(
-        [keras.Input((INPUT_DIM,)), encoder], name="encoder"
+        [keras.Input((INPUT_DIM,)), encoder], name="encoder_model"
     )
     decoder_model = keras.Sequential(
         [keras.Input((CODE_DIM,)), DenseTranspose(encoder, name=dec)],
-        name="decoder",
+        name="decoder_model",
     )
     return keras.Sequential([keras.Input((INPUT_DIM,)), encoder_model, decoder_model])
 
@@ -103,8 +100,8 @@ def _tie(model):
     if isinstance(model, TiedAutoencoder):
         return model.dec, model.enc
     layers = _layers(model)
-    (dec,) = [layer for layer in layers if layer.name.startswith("dec_")]
-    (enc,) = [layer for layer in layers if layer.name.startswith("enc_")]
+    (dec,) = [layer for layer in layers if layer.name == "decoder"]
+    (enc,) = [layer for layer in layers if layer.name == "encoder"]
     return dec, enc
 
 
@@ -273,11 +270,11 @@ def test_checkpoint_and_backup_resume_keep_the_tie(tmp_path):
     )
 
 
-def test_ambiguous_revival_refuses_to_run_until_retied():
+def test_a_tie_rebuilt_alone_refuses_to_run_until_retied():
     model = functional()
     dec, enc = (layer.name for layer in _tie(model))
-    # Two free layers with the source's name and class make the revived
-    # layer's choice ambiguous, so it must not guess.
+    # Live layers with the source's name and class are no reason to bind:
+    # the revived layer is not in a model with its source, so it waits.
     stray = keras.layers.Dense(CODE_DIM, name=enc)
     stray.build((None, INPUT_DIM))
     other_stray = keras.layers.Dense(CODE_DIM, name=enc)

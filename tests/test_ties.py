@@ -111,12 +111,37 @@ def test_register_transform_is_used_by_name_and_survives_saving(tmp_path):
 
 
 def test_register_transform_rejects_bad_names_and_duplicates():
-    with pytest.raises(TypeError, match="`name`"):
+    with pytest.raises(ValueError, match="`name`"):
         ties.register_transform("")
-    with pytest.raises(ValueError, match="already registered"):
-        ties.register_transform("transpose")
+    with pytest.raises(TypeError, match="`name`"):
+        ties.register_transform(3)
+    with pytest.raises(ValueError, match=r"different transform.*'transpose'"):
+        ties.register_transform("transpose")(lambda w: w)
     with pytest.raises(TypeError, match=r"`transform`.*transform=3"):
         ties.get_transform(3)
+
+
+def _define_negate():
+    # Defined afresh at every call, as a re-run notebook cell would.
+    def negate(weight):
+        return -weight
+
+    return negate
+
+
+def test_registering_the_same_transform_again_is_harmless():
+    ties.register_transform("negate_for_test")(_define_negate())
+    ties.register_transform("negate_for_test")(_define_negate())  # re-run cell
+
+    def negate(weight):
+        return weight * 2.0
+
+    with pytest.raises(ValueError, match="different transform"):
+        ties.register_transform("negate_for_test")(negate)
+    value = keras.ops.convert_to_numpy(
+        ties.get_transform("negate_for_test")(keras.ops.ones((2,)))
+    )
+    np.testing.assert_array_equal(value, [-1.0, -1.0])
 
 
 def test_transpose_transform_needs_a_matrix():

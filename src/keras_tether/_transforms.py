@@ -22,7 +22,9 @@ def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
     Configs store the name only, which keeps `safe_mode=True` loading possible.
 
     Args:
-        name: String, the name configs will use. Must not be registered yet.
+        name: String, the name configs will use. Registering the same
+            function again under its name (a re-run notebook cell) is
+            harmless; a different function under a taken name is an error.
 
     Returns:
         A decorator that registers the function and returns it unchanged.
@@ -37,24 +39,52 @@ def register_transform(name: str) -> Callable[[TransformFn], TransformFn]:
     >>> ties.get_transform("negate") is negate
     True
     """
-    if not isinstance(name, str) or not name:
+    if not isinstance(name, str):
         raise TypeError(
             "Expected `name` to be a non-empty string. "
             f"Received: name={name!r} of type {type(name).__name__}"
         )
-    if name in _TRANSFORMS:
+    if not name:
         raise ValueError(
-            f"A transform named {name!r} is already registered. "
-            f"Registered transforms: {sorted(_TRANSFORMS)}"
+            "Received an invalid value for `name`, expected a non-empty string. "
+            "Received: name=''"
         )
 
     def decorator(fn: TransformFn) -> TransformFn:
         if not callable(fn):
             raise TypeError(f"Expected a callable transform. Received: {fn!r}")
+        taken = _TRANSFORMS.get(name)
+        if taken is not None and not _same_function(taken, fn):
+            raise ValueError(
+                f"A different transform is already registered as {name!r}: "
+                f"{_describe(taken)}. Received: {_describe(fn)}. Register it "
+                "under another name; names in saved configs must keep meaning "
+                f"one function. Registered transforms: {sorted(_TRANSFORMS)}"
+            )
         _TRANSFORMS[name] = fn
         return fn
 
     return decorator
+
+
+def _same_function(a: TransformFn, b: TransformFn) -> bool:
+    """Whether `b` is `a`, or the same definition run again (a re-run cell)."""
+    if a is b:
+        return True
+    code_a, code_b = getattr(a, "__code__", None), getattr(b, "__code__", None)
+    return (
+        code_a is not None
+        and code_b is not None
+        and getattr(a, "__module__", None) == getattr(b, "__module__", None)
+        and getattr(a, "__qualname__", None) == getattr(b, "__qualname__", None)
+        and code_a.co_code == code_b.co_code
+        and code_a.co_consts == code_b.co_consts
+    )
+
+
+def _describe(fn: TransformFn) -> str:
+    module = getattr(fn, "__module__", "?")
+    return f"{module}.{getattr(fn, '__qualname__', repr(fn))}"
 
 
 def get_transform(name: str) -> TransformFn:

@@ -36,6 +36,22 @@ def check_positive_number(value: object, name: str) -> float:
     return number
 
 
+# Below float32's smallest normal number, CPUs may flush a temperature to 0.
+_SMALLEST_TEMPERATURE = float(np.finfo(np.float32).tiny)
+
+
+def check_temperature(value: object, name: str = "temperature") -> float:
+    """Returns `value` as a float if it is a usable float32 temperature."""
+    number = check_positive_number(value, name)
+    if number < _SMALLEST_TEMPERATURE:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a positive "
+            f"number of at least {_SMALLEST_TEMPERATURE:.4g} (float32's smallest "
+            f"normal number; smaller ones act as 0). Received: {name}={value}"
+        )
+    return number
+
+
 def check_non_negative_number(value: object, name: str) -> float:
     """Returns `value` as a float if it is a non-negative finite number."""
     number = check_number(value, name)

@@ -118,7 +118,12 @@ def format_report(report: dict[str, Any], title: str | None = None) -> str:
         )
         for path, shape in zip(tie["variables"], tie["shapes"], strict=True):
             lines.append(f"      {path}  shape {tuple(shape)}")
-        if not tie["source_in_model"]:
+        if tie["pending"]:
+            lines.append(
+                "      PENDING: not bound to its source, so the model refuses to "
+                "run; bind it with keras_tether.ties.retie(model, sources=...)"
+            )
+        elif not tie["source_in_model"]:
             lines.append("      (the source layer is not one of the model's layers)")
     lines.append("")
     params = report["params"]
@@ -169,6 +174,7 @@ def _describe_tie(record: ties.Tie) -> dict[str, Any]:
         "shapes": [list(shape) for shape in record.shapes],
         "transform": record.transform,
         "source_in_model": record.source_in_model,
+        "pending": record.pending,
     }
 
 

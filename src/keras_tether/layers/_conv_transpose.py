@@ -5,9 +5,8 @@ from __future__ import annotations
 import math
 
 import keras
-from keras import activations, constraints, initializers, ops, regularizers
+from keras import activations, ops
 
-from keras_tether._validation import check_bool
 from keras_tether.layers._tied_layer import TiedLayer
 
 _TRANSPOSED_CONVS = (
@@ -114,12 +113,17 @@ class ConvTranspose(TiedLayer):
         **kwargs,
     ):
         super().__init__(
-            source=source, activity_regularizer=activity_regularizer, **kwargs
+            source=source,
+            use_bias=use_bias,
+            bias_initializer=bias_initializer,
+            bias_regularizer=bias_regularizer,
+            bias_constraint=bias_constraint,
+            activity_regularizer=activity_regularizer,
+            **kwargs,
         )
-        self.use_bias = check_bool(use_bias, "use_bias")
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.bias_constraint = constraints.get(bias_constraint)
+        # Like Keras' convolutions: a sequence mask does not survive the
+        # change of spatial size.
+        self.supports_masking = False
         self.activation = activations.get(activation)
         self.input_spec = keras.layers.InputSpec(ndim=source.rank + 2)
 
@@ -136,16 +140,7 @@ class ConvTranspose(TiedLayer):
                 f"(data_format={source.data_format!r}). Received: "
                 f"input_shape={tuple(input_shape)}"
             )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(input_channels,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        self.add_own_bias(input_channels)
         self.input_spec = keras.layers.InputSpec(
             ndim=source.rank + 2, axes={self._channel_axis: filters}
         )
@@ -243,14 +238,13 @@ class ConvTranspose(TiedLayer):
             return (input_shape[0],) + tuple(sizes) + (input_channels,)
         return (input_shape[0], input_channels) + tuple(sizes)
 
+    def compute_mask(self, inputs, mask=None):
+        return None
+
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "use_bias": self.use_bias,
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
                 "activation": activations.serialize(self.activation),
             }
         )
@@ -293,14 +287,4 @@ class ConvTranspose(TiedLayer):
             )
 
     def _source_kernel(self):
-        source = self.source
-        if not source.built:
-            raise ValueError(
-                f"Layer '{self.name}' is tied to layer '{source.name}', which is "
-                "not built yet, so its kernel does not exist. Call the source "
-                "layer on an input (or `source.build(input_shape)`) before "
-                f"using '{self.name}'."
-            )
-        if getattr(source, "quantization_mode", None) is not None:
-            self._check_source(source)
-        return source.kernel
+        return self.read_source_weight("kernel")

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import numbers
-
 import keras
-from keras import constraints, initializers, ops, regularizers
+from keras import ops
 
-from keras_tether._validation import check_bool
+from keras_tether._validation import check_positive_number
 from keras_tether.layers._tied_layer import TiedLayer
 
 
@@ -101,27 +99,21 @@ class EmbeddingTranspose(TiedLayer):
         activity_regularizer=None,
         **kwargs,
     ):
-        if logit_soft_cap is not None and (
-            isinstance(logit_soft_cap, bool)
-            or not isinstance(logit_soft_cap, numbers.Real)
-            or not logit_soft_cap > 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `logit_soft_cap`, expected a "
-                f"positive number or None. Received: logit_soft_cap={logit_soft_cap!r}"
-            )
+        if logit_soft_cap is not None:
+            logit_soft_cap = check_positive_number(logit_soft_cap, "logit_soft_cap")
         if logits_dtype is not None:
             logits_dtype = _float_dtype(logits_dtype)
         super().__init__(
-            source=source, activity_regularizer=activity_regularizer, **kwargs
+            source=source,
+            use_bias=use_bias,
+            bias_initializer=bias_initializer,
+            bias_regularizer=bias_regularizer,
+            bias_constraint=bias_constraint,
+            activity_regularizer=activity_regularizer,
+            **kwargs,
         )
-        self.use_bias = check_bool(use_bias, "use_bias")
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.bias_constraint = constraints.get(bias_constraint)
         self.logit_soft_cap = logit_soft_cap
         self.logits_dtype = logits_dtype
-        self.supports_masking = True
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
         if not source.built:
             source.build()
@@ -136,16 +128,7 @@ class EmbeddingTranspose(TiedLayer):
                 f"dimension must be output_dim={source.output_dim}. Received: "
                 f"input_shape={tuple(input_shape)}"
             )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(source.input_dim,),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        self.add_own_bias(source.input_dim)
         self.input_spec = keras.layers.InputSpec(
             min_ndim=2, axes={-1: source.output_dim}
         )
@@ -153,12 +136,9 @@ class EmbeddingTranspose(TiedLayer):
     @property
     def embeddings(self):
         """The source's table, shape `(input_dim, output_dim)`."""
-        source = self.source
-        if not source.built:
-            source.build()
-        if getattr(source, "quantization_mode", None) is not None:
-            self._check_source(source)
-        return source.embeddings
+        if not self.source.built:
+            self.source.build()
+        return self.read_source_weight("embeddings")
 
     @property
     def compute_dtype(self) -> str:
@@ -191,10 +171,6 @@ class EmbeddingTranspose(TiedLayer):
         config = super().get_config()
         config.update(
             {
-                "use_bias": self.use_bias,
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
                 "logit_soft_cap": self.logit_soft_cap,
                 "logits_dtype": self.logits_dtype,
             }

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import keras
-from keras import activations, constraints, initializers, ops, regularizers
+from keras import activations, ops
 
 from keras_tether._transforms import get_transform
-from keras_tether._validation import check_bool
 from keras_tether.layers._tied_layer import TiedLayer
 
 
@@ -86,15 +85,17 @@ class TiedDense(TiedLayer):
             )
         self._transform_fn = get_transform(transform)
         super().__init__(
-            source=source, activity_regularizer=activity_regularizer, **kwargs
+            source=source,
+            use_bias=use_bias,
+            bias_initializer=bias_initializer,
+            bias_regularizer=bias_regularizer,
+            bias_constraint=bias_constraint,
+            activity_regularizer=activity_regularizer,
+            **kwargs,
         )
         self.weight = weight
         self.transform = transform
         self.activation = activations.get(activation)
-        self.use_bias = check_bool(use_bias, "use_bias")
-        self.bias_initializer = initializers.get(bias_initializer)
-        self.bias_regularizer = regularizers.get(bias_regularizer)
-        self.bias_constraint = constraints.get(bias_constraint)
         self.input_spec = keras.layers.InputSpec(min_ndim=2)
 
     def build(self, input_shape):
@@ -107,22 +108,13 @@ class TiedDense(TiedLayer):
                 f"dimension must be {kernel_shape[0]}. Received: "
                 f"input_shape={tuple(input_shape)}"
             )
-        if self.use_bias:
-            self.bias = self.add_weight(
-                name="bias",
-                shape=(kernel_shape[1],),
-                initializer=self.bias_initializer,
-                regularizer=self.bias_regularizer,
-                constraint=self.bias_constraint,
-            )
-        else:
-            self.bias = None
+        self.add_own_bias(kernel_shape[1])
         self.input_spec = keras.layers.InputSpec(min_ndim=2, axes={-1: kernel_shape[0]})
 
     @property
     def kernel(self):
         """The tensor this layer multiplies by: the transformed shared weight."""
-        return self._transform_fn(self._source_weight())
+        return self._transform_fn(self.read_source_weight(self.weight))
 
     @property
     def units(self) -> int:
@@ -153,35 +145,12 @@ class TiedDense(TiedLayer):
                 "weight": self.weight,
                 "transform": self.transform,
                 "activation": activations.serialize(self.activation),
-                "use_bias": self.use_bias,
-                "bias_initializer": initializers.serialize(self.bias_initializer),
-                "bias_regularizer": regularizers.serialize(self.bias_regularizer),
-                "bias_constraint": constraints.serialize(self.bias_constraint),
             }
         )
         return config
 
-    def _source_weight(self):
-        source = self.source
-        if not source.built:
-            raise ValueError(
-                f"Layer '{self.name}' is tied to layer '{source.name}', which is "
-                "not built yet, so its weight does not exist. Call the source "
-                "layer on an input (or `source.build(input_shape)`) before "
-                f"using '{self.name}'."
-            )
-        if getattr(source, "quantization_mode", None) is not None:
-            self._check_source(source)
-        try:
-            return getattr(source, self.weight)
-        except AttributeError:
-            raise ValueError(
-                f"Layer '{source.name}' ({type(source).__name__}) has no weight "
-                f"attribute {self.weight!r}. Received: weight={self.weight!r}"
-            ) from None
-
     def _kernel_shape(self) -> tuple[int, int]:
-        value = self._source_weight()
+        value = self.read_source_weight(self.weight)
         symbolic = keras.KerasTensor(tuple(value.shape), dtype="float32")
         shape = tuple(self._transform_fn(symbolic).shape)
         if len(shape) != 2:

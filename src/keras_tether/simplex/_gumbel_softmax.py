@@ -10,8 +10,8 @@ from keras_tether._types import Tensor
 from keras_tether._validation import (
     check_axis,
     check_bool,
-    check_positive_number,
     check_positive_weights,
+    check_temperature,
 )
 from keras_tether.simplex._base import SimplexMap
 from keras_tether.simplex._ops import masked_softmax, one_hot_argmax, prepare_logits
@@ -101,7 +101,7 @@ def gumbel_softmax(
           https://arxiv.org/abs/1308.3432)
     """
     axis = check_axis(axis)
-    temperature = check_positive_number(temperature, "temperature")
+    temperature = check_temperature(temperature)
     hard = check_bool(hard, "hard")
     logits, keep = prepare_logits(logits, axis, mask)
     if not training:
@@ -160,7 +160,7 @@ class GumbelSoftmax(SimplexMap):
     name = "gumbel_softmax"
 
     def __init__(self, temperature: float = 1.0, hard: bool = True) -> None:
-        self.temperature = check_positive_number(temperature, "temperature")
+        self.temperature = check_temperature(temperature)
         self.hard = check_bool(hard, "hard")
 
     def __call__(

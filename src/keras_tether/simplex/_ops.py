@@ -12,8 +12,22 @@ def prepare_logits(
 
     A slice whose entries are all masked keeps all of them instead: there would
     be no entry left to carry its weight.
+
+    Non-finite logits mean the same on every map: an entry at -inf gets weight
+    0, and a slice holding NaN or +inf, or nothing above -inf, becomes NaN
+    throughout, so that a diverged logit shows in the loss instead of as
+    plausible weights.
     """
     logits = ops.cast(logits, "float32")
+    invalid = ops.logical_or(
+        ops.any(
+            ops.logical_or(ops.isnan(logits), ops.equal(logits, float("inf"))),
+            axis=axis,
+            keepdims=True,
+        ),
+        ops.all(ops.equal(logits, float("-inf")), axis=axis, keepdims=True),
+    )
+    logits = ops.where(invalid, float("nan"), logits)
     if mask is None:
         return logits, None
     keep = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(logits))
@@ -75,7 +89,10 @@ def one_hot_argmax(x: Tensor, keep: Tensor | None, axis: int) -> Tensor:
     # Positions are counted with `cumsum` rather than `one_hot`, which would need
     # the length of `axis` to be known statically.
     position = ops.cast(ops.cumsum(ops.ones_like(x, dtype="int32"), axis=axis), "int32")
-    return ops.cast(ops.equal(position - 1, index), "float32")
+    one_hot = ops.cast(ops.equal(position - 1, index), "float32")
+    # `argmax` picks some entry of a NaN slice; the slice stays NaN instead.
+    invalid = ops.any(ops.isnan(x), axis=axis, keepdims=True)
+    return ops.where(invalid, float("nan"), one_hot)
 
 
 def sort_descending(x: Tensor, axis: int) -> Tensor:

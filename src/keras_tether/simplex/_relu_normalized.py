@@ -75,6 +75,8 @@ def relu_normalized(
     # 1 rather than 0: otherwise 0 / 0 would put NaN into the gradient.
     denominator = ops.where(has_mass, total + epsilon, 1.0)
     uniform = kept / ops.sum(kept, axis=axis, keepdims=True)
+    # A NaN total (see `prepare_logits`) must not pass for "no mass".
+    uniform = ops.where(ops.isnan(total), float("nan"), uniform)
     return ops.where(has_mass, rectified / denominator, uniform)
 
 

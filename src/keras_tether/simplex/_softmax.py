@@ -8,8 +8,8 @@ import numpy as np
 from keras_tether._types import Tensor
 from keras_tether._validation import (
     check_axis,
-    check_positive_number,
     check_positive_weights,
+    check_temperature,
 )
 from keras_tether.simplex._base import SimplexMap
 from keras_tether.simplex._ops import masked_softmax, prepare_logits
@@ -59,7 +59,7 @@ def softmax(
           classification network outputs](https://doi.org/10.1007/978-3-642-76153-9_28)
     """
     axis = check_axis(axis)
-    temperature = check_positive_number(temperature, "temperature")
+    temperature = check_temperature(temperature)
     logits, keep = prepare_logits(logits, axis, mask)
     return masked_softmax(logits, keep, axis, temperature)
 
@@ -102,7 +102,7 @@ class Softmax(SimplexMap):
     name = "softmax"
 
     def __init__(self, temperature: float = 1.0) -> None:
-        self.temperature = check_positive_number(temperature, "temperature")
+        self.temperature = check_temperature(temperature)
 
     def __call__(
         self,
