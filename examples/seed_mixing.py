@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import argparse
 
+# Before keras: with no backend named and TensorFlow not installed, this
+# chooses an installed one (JAX, else PyTorch) for Keras to use.
+import keras_tether  # isort: split
+
 import keras
 import numpy as np
-
-import keras_tether
 
 INPUT_DIM = 100
 HIDDEN_UNITS = 32

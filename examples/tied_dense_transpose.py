@@ -23,10 +23,13 @@ import argparse
 import os
 import tempfile
 
+# Before keras: with no backend named and TensorFlow not installed, this
+# chooses an installed one (JAX, else PyTorch) for Keras to use.
+from keras_tether import ties  # isort: split
+
 import keras
 import numpy as np
 
-from keras_tether import ties
 from keras_tether.layers import DenseTranspose
 
 

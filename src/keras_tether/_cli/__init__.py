@@ -1,18 +1,31 @@
-"""The `keras-tether` command line: `demo`, `inspect` and `bench`."""
+"""The `keras-tether` command line: `demo`, `inspect` and `bench`.
+
+This module imports no Keras and no backend: the parser answers `--help` and
+`--version` at once, and each command imports what it needs when it runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import json
+import os
 import sys
 from collections.abc import Sequence
 
-import keras
-
-from keras_tether import __version__
 from keras_tether._cli import _args
 
 PROG = "keras-tether"
+
+# The exit codes of every command, as `--help` lists them.
+EXIT_CODES = {
+    0: "success",
+    1: "the command ran and failed (a backend's benchmark failed, the demo's "
+    "optional dependencies are missing)",
+    2: "bad arguments, or a model file or module that cannot be read",
+    130: "interrupted (Ctrl-C)",
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Args:
         argv: The arguments after the program name; defaults to `sys.argv[1:]`.
     """
-    parser = _build_parser()
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help(sys.stderr)
@@ -33,7 +46,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; building and using it imports no Keras."""
     parser = argparse.ArgumentParser(
         prog=PROG,
         description=(
@@ -41,15 +55,17 @@ def _build_parser() -> argparse.ArgumentParser:
             "weights stay on the probability simplex (WeightedAverage) and "
             "layers whose weights are tied to another layer's (DenseTranspose)."
         ),
-        epilog=f"Run '{PROG} COMMAND --help' for the options of a command.",
+        epilog=(
+            f"Run '{PROG} COMMAND --help' for the options of a command. "
+            "Exit codes: "
+            + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items())
+            + "."
+        ),
     )
     parser.add_argument(
         "--version",
-        action="version",
-        version=(
-            f"{PROG} {__version__} (keras {keras.__version__}, "
-            f"backend {keras.backend.backend()})"
-        ),
+        action=_VersionAction,
+        help="print the versions of keras-tether and Keras, and the backend",
     )
     commands = parser.add_subparsers(
         dest="command", title="commands", metavar="COMMAND"
@@ -96,6 +112,18 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print JSON with the keys 'mixtures', 'ties' and 'params'",
     )
+    inspect.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help=(
+            "import this module first, as `import MODULE` would from the "
+            "current folder, so that the transforms, simplex maps and layers "
+            "it registers are known when the model loads; may be repeated"
+        ),
+    )
     inspect.set_defaults(handler=_run_inspect)
 
     bench = commands.add_parser(
@@ -125,6 +153,43 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _VersionAction(argparse.Action):
+    """Prints the versions without importing Keras, which takes seconds."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_line())
+        parser.exit()
+
+
+def version_line() -> str:
+    """`keras-tether X (keras Y, backend Z)`, the backend Keras uses or will use."""
+    return (
+        f"{PROG} {_distribution_version('keras-tether')} "
+        f"(keras {_distribution_version('keras')}, backend {_backend()})"
+    )
+
+
+def _distribution_version(name: str) -> str:
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return "0.0.0"
+
+
+def _backend() -> str:
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        return keras.backend.backend()
+    # What Keras will read on import: the variable, else keras.json, else its
+    # default. keras_tether's `__init__` has set the variable if it had to.
+    from keras_tether._backend_choice import configured_backend
+
+    return os.environ.get("KERAS_BACKEND") or configured_backend() or "tensorflow"
+
+
 def _run_demo(args: argparse.Namespace) -> int:
     # The demo needs matplotlib and scikit-learn, the optional 'demo' extra.
     from keras_tether._cli import _demo
@@ -135,6 +200,16 @@ def _run_demo(args: argparse.Namespace) -> int:
 def _run_inspect(args: argparse.Namespace) -> int:
     from keras_tether._cli import _inspect
 
+    for module in args.imports:
+        try:
+            _import_user_module(module)
+        except Exception as error:  # the user's module may raise anything
+            print(
+                f"{PROG}: cannot import module '{module}': "
+                f"{type(error).__name__}: {error}",
+                file=sys.stderr,
+            )
+            return 2
     try:
         report = _inspect.inspect_file(args.model)
     except _inspect.ModelReadError as error:
@@ -145,6 +220,15 @@ def _run_inspect(args: argparse.Namespace) -> int:
     else:
         print(_inspect.format_report(report, title=f"Model file: {args.model}"))
     return 0
+
+
+def _import_user_module(name: str) -> None:
+    # As `python -m` does, the current folder comes first on the path: the
+    # installed command's own folder is there instead.
+    folder = os.getcwd()
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    importlib.import_module(name)
 
 
 def _run_bench(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tether._cli._progress import Counter
 from keras_tether.callbacks import MixtureWeightsHistory
 from keras_tether.layers import WeightedAverage
 from keras_tether.ties import tied_autoencoder
@@ -65,6 +66,17 @@ class _FreshNoise(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+class _EpochCounter(keras.callbacks.Callback):
+    """Counts the epochs of a quiet `fit` on a terminal's stderr."""
+
+    def __init__(self, counter: Counter):
+        super().__init__()
+        self.counter = counter
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.counter.update(epoch + 1)
 
 
 @dataclass
@@ -340,15 +352,19 @@ def _train(label: str, model, x, y, x_test, epochs, *callbacks):
     """Fits `model` quietly, with one line of progress, and predicts `x_test`."""
     print(f"  training {label} ...", end="", flush=True)
     started = time.perf_counter()
-    model.fit(
-        x,
-        y,
-        epochs=epochs,
-        batch_size=BATCH_SIZE,
-        shuffle=True,
-        verbose=0,
-        callbacks=list(callbacks),
-    )
+    counter = Counter("epochs", epochs)
+    try:
+        model.fit(
+            x,
+            y,
+            epochs=epochs,
+            batch_size=BATCH_SIZE,
+            shuffle=True,
+            verbose=0,
+            callbacks=[*callbacks, _EpochCounter(counter)],
+        )
+    finally:
+        counter.close()
     print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
     return model.predict(x_test, batch_size=512, verbose=0)
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from keras_tether._cli import _args
+from keras_tether._cli._progress import note
 from keras_tether._cli.bench import report, timing
 
 # Environment variables that set the thread pools of the backends. They are
@@ -37,6 +38,10 @@ BACKEND_DISTRIBUTIONS = {
 }
 
 PROG = "keras-tether bench"
+
+# A measuring process's lines of progress on stderr start with this; the
+# command passes them on and keeps the rest for a message if it fails.
+PROGRESS_PREFIX = f"{PROG}: "
 
 
 def budget(
@@ -82,6 +87,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = run_backend(quick=args.quick, rounds=args.rounds, warmup=args.warmup)
     if args.out:
         _write_json(args.out, result)
+    if args.quick:
+        print(report.QUICK_NOTE)
     print(report.format_table(result["rows"]))
     return 0
 
@@ -113,12 +120,17 @@ def run_backend(
     context = scenarios.Context(backend=backend, quick=quick, budget=chosen)
     comparisons = []
     rows = []
-    for module, scenario in scenarios.load():
+    loaded = scenarios.load()
+    for number, (module, scenario) in enumerate(loaded, start=1):
+        name = scenario.__name__.replace("_", " ")
+        note(f"{PROGRESS_PREFIX}{backend}: {number}/{len(loaded)} {module}: {name}")
         comparison = scenario(context)
         comparisons.append(comparison.details)
-        rows.extend(
-            {"backend": backend, "scenario": module, **row} for row in comparison.rows
-        )
+        for row in comparison.rows:
+            row = {"backend": backend, "scenario": module, **row}
+            if quick:
+                row.update(met=None, indicative=True)
+            rows.append(row)
         keras.backend.clear_session()
     return {
         "backend": backend,
@@ -213,13 +225,16 @@ def run_all(
         "failures": failures,
     }
     if rows:
+        if quick:
+            print(report.QUICK_NOTE)
         print(report.format_table(rows))
         print()
-        for note in report.notes(results):
-            print(note)
+        for line in report.notes(results):
+            print(line)
     if out:
         _write_json(out, combined)
-        print(f"\nwrote {out}")
+        written = [out, *report.write_report(combined, os.path.dirname(out) or ".")]
+        print("\nwrote " + ", ".join(written))
     return 1 if failures else 0
 
 
@@ -244,10 +259,22 @@ def _run_subprocess(
         if warmup is not None:
             command += ["--warmup", str(warmup)]
         env = {**os.environ, "KERAS_BACKEND": backend}
-        completed = subprocess.run(command, env=env, capture_output=True, text=True)
-        if completed.returncode != 0:
-            tail = completed.stderr.strip().splitlines()[-1:] or ["no message"]
-            return None, f"exit code {completed.returncode}: {tail[0]}"
+        process = subprocess.Popen(
+            command,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        last = "no message"
+        for line in process.stderr:
+            if line.startswith(PROGRESS_PREFIX):
+                note(line.rstrip())
+            elif line.strip():
+                last = line.strip()
+        code = process.wait()
+        if code != 0:
+            return None, f"exit code {code}: {last}"
         with open(path) as file:
             return json.load(file), None
 

@@ -2,7 +2,8 @@
 
 A row compares one keras-tether model ("ours") with one model a user could
 otherwise write ("the baseline"), on one backend. Every scenario builds its
-rows with `make_row`; the runner adds `backend` and `scenario`. The JSON that
+rows with `make_row`; the runner adds `backend` and `scenario`, and in quick
+mode marks the row `indicative` and judges no target (`met` is null). The JSON that
 `keras-tether bench --out` writes holds the rows under `rows`, and
 `ROW_SCHEMA` is a JSON Schema (draft 2020-12) that each of them satisfies.
 """
@@ -42,6 +43,7 @@ ROW_SCHEMA: dict[str, Any] = {
         "round_ratios",
         "target",
         "met",
+        "indicative",
     ],
     "properties": {
         "backend": {"enum": ["tensorflow", "jax", "torch"]},
@@ -66,7 +68,17 @@ ROW_SCHEMA: dict[str, Any] = {
         },
         "met": {
             "type": ["boolean", "null"],
-            "description": "whether the ratio meets the target; null without one",
+            "description": (
+                "whether the ratio meets the target; null without a target "
+                "and in quick mode"
+            ),
+        },
+        "indicative": {
+            "type": "boolean",
+            "description": (
+                "true in quick mode: tiny models and few rounds, so the ratio "
+                "only shows that everything runs, and no target is judged"
+            ),
         },
     },
 }
@@ -115,4 +127,5 @@ def make_row(
         "round_ratios": round_ratios,
         "target": target,
         "met": None if target is None else bool(ratio <= target),
+        "indicative": False,
     }

@@ -8,17 +8,19 @@ A scenario module (say `routing.py`, beside `mixing.py` and `ties.py`):
 - defines `SCENARIOS`, a tuple of functions, each taking a `Context` and
   returning a `Comparison`. A function builds every compared model,
   compiles it, wraps each in a `timing.Candidate` (most steps are
-  `timing.train_step(model, x, y)`, on data converted to tensors once),
+  `timing.train_step(model, x, y)`, on data converted to tensors once
+  with `_data.tensors`),
   times them together with `context.time(candidates)`, and makes one row per
   reported ratio with `schema.make_row` (ours against one baseline, with the
   baseline's kind and the target ratio, or `None` where there is none);
 - imports Keras and the library freely: it runs only inside a measuring
   process, never for `--help`.
 
-It joins the benchmark with one line in `MODULES` below. The runner clears
-the Keras session after each scenario function, adds `backend` and
-`scenario` (the module name) to each row, and every row then follows
-`schema.ROW_SCHEMA`; `tests/test_bench.py` checks each against it.
+It joins the benchmark with one line in `MODULES` below. The runner shows
+each function's name as progress, clears the Keras session after it, adds
+`backend` and `scenario` (the module name) to each row, and in quick mode
+marks the rows indicative and judges no target; every row then follows
+`schema.ROW_SCHEMA`, and `tests/test_bench.py` checks each against it.
 """
 
 from __future__ import annotations
