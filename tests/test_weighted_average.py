@@ -635,7 +635,8 @@ INVALID_ARGUMENTS = [
     ),
     ({"temperature": -1.5}, ValueError, r"`temperature`.*temperature=-1.5"),
     ({"temperature": float("nan")}, ValueError, r"`temperature`.*temperature=nan"),
-    ({"temperature": "hot"}, ValueError, r"`temperature`.*'hot'"),
+    ({"temperature": "hot"}, TypeError, r"`temperature`.*'hot'"),
+    ({"temperature": 1e-40}, ValueError, r"`temperature`.*smallest normal"),
     (
         {"simplex": "sparsemax", "temperature": 2.0},
         ValueError,
@@ -674,7 +675,8 @@ INVALID_ARGUMENTS = [
         ValueError,
         r"`feature_axis`.*batch axis.*feature_axis=0",
     ),
-    ({"feature_axis": 1.5}, ValueError, r"`feature_axis`.*feature_axis=1.5"),
+    ({"feature_axis": 1.5}, TypeError, r"`feature_axis`.*feature_axis=1.5"),
+    ({"branch_dropout": "0.1"}, TypeError, r"`branch_dropout`.*'0.1'"),
     (
         {"branch_dropout": 1.0},
         ValueError,

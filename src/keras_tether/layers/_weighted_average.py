@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,7 +11,12 @@ from keras import ops
 
 from keras_tether import simplex as simplex_maps
 from keras_tether._types import Shape, Tensor
-from keras_tether._validation import check_int
+from keras_tether._validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_temperature,
+)
 
 # Keeps the normalization finite for constant inputs; statistics are float32.
 _NORMALIZATION_EPSILON = 1e-6
@@ -51,6 +55,11 @@ class WeightedAverage(keras.layers.Layer):
     With `feature_axis`, every feature along that axis of the (broadcast)
     inputs gets its own mixture: the logits have shape `(N, features)` and
     each feature's `N` weights sum to one.
+
+    The weights sum to one with every simplex map but `"relu_normalized"`,
+    which follows EfficientDet: its weights sum to `s / (s + epsilon)`, where
+    `s` is the sum of the rectified logits, so they fall short of one by about
+    `epsilon / s` (1e-4 / s by default).
 
     In training, `branch_dropout` drops each branch independently before the
     simplex map, so the remaining weights still sum to one (if every branch
@@ -195,16 +204,9 @@ class WeightedAverage(keras.layers.Layer):
         seed: int | None = None,
         **kwargs: Any,
     ):
-        if temperature is not None and not _is_positive_number(temperature):
-            raise ValueError(
-                "Received an invalid value for `temperature`, expected a "
-                f"positive number. Received: temperature={temperature!r}"
-            )
-        if feature_axis is not None and (
-            isinstance(feature_axis, bool)
-            or not isinstance(feature_axis, int)
-            or feature_axis == 0
-        ):
+        if temperature is not None:
+            temperature = check_temperature(temperature)
+        if feature_axis is not None and check_int(feature_axis, "feature_axis") == 0:
             raise ValueError(
                 "Received an invalid value for `feature_axis`, expected an "
                 "integer axis of the inputs other than the batch axis 0, or "
@@ -218,21 +220,13 @@ class WeightedAverage(keras.layers.Layer):
                     "integer axis of the input other than the batch axis 0, or "
                     f"None. Received: branch_axis={branch_axis!r}"
                 )
-        if (
-            isinstance(branch_dropout, bool)
-            or not isinstance(branch_dropout, int | float)
-            or not 0 <= branch_dropout < 1
-        ):
+        if not 0 <= check_number(branch_dropout, "branch_dropout") < 1:
             raise ValueError(
                 "Received an invalid value for `branch_dropout`, expected a "
                 f"float in [0, 1). Received: branch_dropout={branch_dropout!r}"
             )
-        for name, value in (("scale", scale), ("normalize_inputs", normalize_inputs)):
-            if not isinstance(value, bool):
-                raise TypeError(
-                    f"Received an invalid value for `{name}`, expected a "
-                    f"boolean. Received: {name}={value!r}"
-                )
+        check_bool(scale, "scale")
+        check_bool(normalize_inputs, "normalize_inputs")
         super().__init__(**kwargs)
         self.simplex = _get_simplex_map(simplex, temperature)
         self.temperature = None if temperature is None else float(temperature)
@@ -576,15 +570,6 @@ def weighted_average(inputs: Sequence[Tensor], **kwargs: Any) -> Tensor:
            [0.5, 0.5, 0.5, 0.5]], dtype=float32)
     """
     return WeightedAverage(**kwargs)(inputs)
-
-
-def _is_positive_number(value: Any) -> bool:
-    return (
-        not isinstance(value, bool)
-        and isinstance(value, int | float | np.number)
-        and math.isfinite(value)
-        and value > 0
-    )
 
 
 def _get_simplex_map(
