@@ -106,9 +106,15 @@ class MixtureOfExperts(keras.layers.Layer):
             `None` (no shared expert).
         residual: Boolean, whether the layer adds its input to its output.
             Defaults to `False`.
-        simplex, temperature, top_k_order, normalize_router_inputs,
-            router_jitter, router_noise, z_loss_coefficient,
-            router_initializer, seed: The router's, as in `GatedAverage`.
+        simplex: The router's simplex map, as in `GatedAverage`.
+        temperature: The router's temperature, as in `GatedAverage`.
+        top_k_order: The order of top-k and the map, as in `GatedAverage`.
+        normalize_router_inputs: As in `GatedAverage`.
+        router_jitter: As in `GatedAverage`.
+        router_noise: As in `GatedAverage`.
+        z_loss_coefficient: As in `GatedAverage`.
+        router_initializer: As in `GatedAverage`.
+        seed: The router's random seed, as in `GatedAverage`.
         normalize_top_k: Boolean, whether the `top_k` gates of a token are
             renormalized to sum to one (with `top_k_order="map_first"`).
             Defaults to `True`.
