@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 
+# keras_tether first: on an install with only JAX or only PyTorch it picks
+# that backend before Keras is imported.
+import keras_tether  # isort: split
+
 import keras
 import numpy as np
-
-import keras_tether
 
 CLUSTERS = 4
 FEATURES = 8

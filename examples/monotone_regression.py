@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 
+# keras_tether first: on an install with only JAX or only PyTorch it picks
+# that backend before Keras is imported.
+from keras_tether import parametrize  # isort: split
+
 import keras
 import numpy as np
 from sklearn.datasets import load_diabetes
 
-from keras_tether import parametrize
 from keras_tether.layers import Parametrized
 
 FEATURES = ("bmi", "bp", "s5")
