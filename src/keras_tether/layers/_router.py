@@ -69,7 +69,7 @@ def check_router_arguments(
             f"in [0, 1). Received: router_jitter={router_jitter!r}"
         )
     return {
-        "simplex": _simplex_map(simplex, temperature),
+        "simplex": simplex_maps.get(simplex, temperature),
         "temperature": temperature,
         "top_k": top_k,
         "top_k_order": top_k_order,
@@ -86,21 +86,6 @@ def check_router_arguments(
             z_loss_coefficient, "z_loss_coefficient"
         ),
     }
-
-
-def _simplex_map(identifier: Any, temperature: float | None) -> Any:
-    simplex_map = simplex_maps.get(identifier)
-    if temperature is None:
-        return simplex_map
-    config = simplex_map.get_config()
-    if "temperature" not in config:
-        raise ValueError(
-            "Received an invalid value for `temperature`: the "
-            f"{type(simplex_map).__name__} simplex map has no temperature "
-            "(only 'softmax' and 'gumbel_softmax' do). Received: "
-            f"temperature={temperature!r} with simplex={identifier!r}"
-        )
-    return type(simplex_map).from_config({**config, "temperature": temperature})
 
 
 def check_top_k_fits(top_k: int | None, num_experts: int, what: str) -> None:

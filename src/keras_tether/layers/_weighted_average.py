@@ -228,7 +228,7 @@ class WeightedAverage(keras.layers.Layer):
         check_bool(scale, "scale")
         check_bool(normalize_inputs, "normalize_inputs")
         super().__init__(**kwargs)
-        self.simplex = _get_simplex_map(simplex, temperature)
+        self.simplex = simplex_maps.get(simplex, temperature)
         self.temperature = None if temperature is None else float(temperature)
         self.initial_weights = _validate_initial_weights(initial_weights, feature_axis)
         self.feature_axis = feature_axis
@@ -570,23 +570,6 @@ def weighted_average(inputs: Sequence[Tensor], **kwargs: Any) -> Tensor:
            [0.5, 0.5, 0.5, 0.5]], dtype=float32)
     """
     return WeightedAverage(**kwargs)(inputs)
-
-
-def _get_simplex_map(
-    identifier: str | simplex_maps.SimplexMap | dict, temperature: float | None
-) -> simplex_maps.SimplexMap:
-    simplex_map = simplex_maps.get(identifier)
-    if temperature is None:
-        return simplex_map
-    config = simplex_map.get_config()
-    if "temperature" not in config:
-        raise ValueError(
-            "Received an invalid value for `temperature`: the "
-            f"{type(simplex_map).__name__} simplex map has no temperature "
-            "(only 'softmax' and 'gumbel_softmax' do). Received: "
-            f"temperature={temperature!r} with simplex={identifier!r}"
-        )
-    return type(simplex_map).from_config({**config, "temperature": float(temperature)})
 
 
 def _validate_initial_weights(

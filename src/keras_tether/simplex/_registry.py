@@ -75,7 +75,10 @@ def deserialize(config: dict[str, Any]) -> SimplexMap:
     return simplex_map
 
 
-def get(identifier: str | dict[str, Any] | SimplexMap | None) -> SimplexMap:
+def get(
+    identifier: str | dict[str, Any] | SimplexMap | None,
+    temperature: float | None = None,
+) -> SimplexMap:
     """Returns a simplex map from a name, a config dict or a map.
 
     Args:
@@ -84,6 +87,9 @@ def get(identifier: str | dict[str, Any] | SimplexMap | None) -> SimplexMap:
             case), giving the map with default arguments; a config dict as
             returned by `serialize`; a `SimplexMap`, returned as is; or
             `None`, giving `Softmax()`.
+        temperature: Optional positive number. If set, the map is returned
+            with this temperature instead of its own; only maps that have
+            one (`"softmax"`, `"gumbel_softmax"`) accept it.
 
     Returns:
         A `SimplexMap`.
@@ -95,7 +101,24 @@ def get(identifier: str | dict[str, Any] | SimplexMap | None) -> SimplexMap:
     Sparsemax()
     >>> simplex.get(None)
     Softmax(temperature=1.0)
+    >>> simplex.get("softmax", temperature=0.5)
+    Softmax(temperature=0.5)
     """
+    simplex_map = _get(identifier)
+    if temperature is None:
+        return simplex_map
+    config = simplex_map.get_config()
+    if "temperature" not in config:
+        raise ValueError(
+            "Received an invalid value for `temperature`: the "
+            f"{type(simplex_map).__name__} simplex map has no temperature "
+            "(only 'softmax' and 'gumbel_softmax' do). Received: "
+            f"temperature={temperature!r} with simplex={identifier!r}"
+        )
+    return type(simplex_map).from_config({**config, "temperature": temperature})
+
+
+def _get(identifier: str | dict[str, Any] | SimplexMap | None) -> SimplexMap:
     if identifier is None:
         return Softmax()
     if isinstance(identifier, SimplexMap):
