@@ -19,3 +19,13 @@ def tensors(arrays: Sequence[np.ndarray]) -> list:
 def random(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
     """Standard normal float32 values of `shape`."""
     return rng.standard_normal(shape).astype("float32")
+
+
+def seed_data(
+    batch: int, features: int, branches: int, classes: int, rng: np.random.Generator
+) -> tuple[list, object]:
+    """The seed question's data: one input per branch and one-hot labels."""
+    x = tensors([random((batch, features), rng) for _ in range(branches)])
+    labels = rng.integers(0, classes, size=batch)
+    (y,) = tensors([np.eye(classes, dtype="float32")[labels]])
+    return x, y

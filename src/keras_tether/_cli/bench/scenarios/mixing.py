@@ -11,7 +11,7 @@ import numpy as np
 from keras import ops
 
 from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios._data import random, tensors
+from keras_tether._cli.bench.scenarios._data import random, seed_data, tensors
 from keras_tether._cli.bench.schema import make_row
 from keras_tether._cli.bench.timing import Candidate, train_step
 from keras_tether.layers import WeightedAverage
@@ -244,14 +244,13 @@ def seed_scenario(context: Context) -> Comparison:
     """The question's model: parallel MLPs whose outputs are combined."""
     sizes = _sizes(context)
     rng = np.random.default_rng(1)
-    x = tensors(
-        [
-            random((sizes.seed_batch, sizes.seed_features), rng)
-            for _ in range(sizes.seed_branches)
-        ]
+    x, y = seed_data(
+        sizes.seed_batch,
+        sizes.seed_features,
+        sizes.seed_branches,
+        sizes.seed_classes,
+        rng,
     )
-    labels = rng.integers(0, sizes.seed_classes, size=sizes.seed_batch)
-    (y,) = tensors([np.eye(sizes.seed_classes, dtype="float32")[labels]])
     candidates = []
     for key, label, combiner in (
         ("weighted_average", "WeightedAverage", WeightedAverage),

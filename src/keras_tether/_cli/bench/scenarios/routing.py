@@ -10,7 +10,7 @@ import keras
 import numpy as np
 
 from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios._data import random, tensors
+from keras_tether._cli.bench.scenarios._data import random, seed_data, tensors
 from keras_tether._cli.bench.schema import make_row
 from keras_tether._cli.bench.timing import Candidate, train_step
 from keras_tether.layers import GatedAverage, MixtureOfExperts, WeightedAverage
@@ -148,14 +148,13 @@ def gated_seed(context: Context) -> Comparison:
     """The seed's parallel MLPs mixed per example against one mixture."""
     sizes = _sizes(context)
     rng = np.random.default_rng(3)
-    x = tensors(
-        [
-            random((sizes.seed_batch, sizes.seed_features), rng)
-            for _ in range(sizes.seed_branches)
-        ]
+    x, y = seed_data(
+        sizes.seed_batch,
+        sizes.seed_features,
+        sizes.seed_branches,
+        sizes.seed_classes,
+        rng,
     )
-    labels = rng.integers(0, sizes.seed_classes, size=sizes.seed_batch)
-    (y,) = tensors([np.eye(sizes.seed_classes, dtype="float32")[labels]])
     candidates = []
     for key, label in (
         ("gated_average", "GatedAverage"),
