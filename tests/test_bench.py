@@ -424,3 +424,47 @@ def test_make_row_refuses_an_unknown_baseline_kind():
     }
     with pytest.raises(ValueError, match="baseline_kind"):
         schema.make_row("toy", timing, "a", "b", baseline_kind="other", target=None)
+
+
+def test_scenarios_option_runs_only_the_named_modules(tmp_path):
+    path = tmp_path / "ties.json"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = runner.main(
+            ["--quick", "--rounds", "1", "--scenarios", "ties", "--out", str(path)]
+        )
+    assert code == 0
+    result = json.loads(path.read_text())
+    assert result["settings"]["scenarios"] == ["ties"]
+    assert result["rows"]
+    assert {row["scenario"] for row in result["rows"]} == {"ties"}
+
+
+def test_cli_bench_passes_the_scenarios_on(quick_run, monkeypatch, tmp_path):
+    _, result, _ = quick_run
+    commands = []
+
+    def popen(command, env, **kwargs):
+        commands.append(command)
+        with open(command[command.index("--out") + 1], "w") as file:
+            json.dump(result, file)
+        return _Process(0)
+
+    monkeypatch.setattr(runner.subprocess, "Popen", popen)
+    argv = ["bench", "--backends", BACKEND, "--quick", "--scenarios", "ties,mixing"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert _cli.main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+    (command,) = commands
+    assert command[command.index("--scenarios") + 1] == "ties,mixing"
+    combined = json.loads((tmp_path / "b.json").read_text())
+    assert combined["settings"]["scenarios"] == ["ties", "mixing"]
+
+
+@pytest.mark.parametrize("text", ["nope", "ties,nope", ","])
+def test_scenarios_option_refuses_unknown_names(text, capsys):
+    with pytest.raises(SystemExit) as raised:
+        _cli.main(["bench", "--scenarios", text])
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "--scenarios" in err
+    assert "expected a comma-separated list of mixing, ties" in err

@@ -248,4 +248,5 @@ def _run_bench(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         warmup=args.warmup,
         out=args.out,
+        scenario_names=args.scenarios,
     )

@@ -42,10 +42,35 @@ def backend_list(text: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def scenario_list(text: str) -> list[str]:
+    """Parses a comma-separated list of benchmark scenarios, without repeats."""
+    # Imported here: the registry is light (no Keras), but it belongs to bench.
+    from keras_tether._cli.bench.scenarios import MODULES
+
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in MODULES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of {', '.join(MODULES)}; got {text!r}"
+        )
+    return list(dict.fromkeys(names))
+
+
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the benchmark's `--rounds`, `--warmup` and `--quick`."""
+    """Adds the benchmark's `--scenarios`, `--rounds`, `--warmup` and `--quick`."""
     # Imported here, not at the top: `timing` is light, but it belongs to bench.
+    from keras_tether._cli.bench.scenarios import MODULES
     from keras_tether._cli.bench.timing import FULL_BUDGET, QUICK_BUDGET
+
+    parser.add_argument(
+        "--scenarios",
+        type=scenario_list,
+        metavar="LIST",
+        help=(
+            "comma-separated scenarios to run, in their own order, from "
+            f"{','.join(MODULES)} (default: all)"
+        ),
+    )
 
     parser.add_argument(
         "--rounds",

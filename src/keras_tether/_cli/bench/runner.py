@@ -84,7 +84,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    result = run_backend(quick=args.quick, rounds=args.rounds, warmup=args.warmup)
+    result = run_backend(
+        quick=args.quick,
+        rounds=args.rounds,
+        warmup=args.warmup,
+        scenario_names=args.scenarios,
+    )
     if args.out:
         _write_json(args.out, result)
     if args.quick:
@@ -94,7 +99,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_backend(
-    quick: bool = False, rounds: int | None = None, warmup: int | None = None
+    quick: bool = False,
+    rounds: int | None = None,
+    warmup: int | None = None,
+    scenario_names: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Runs every scenario on the backend Keras is using.
 
@@ -120,7 +128,7 @@ def run_backend(
     context = scenarios.Context(backend=backend, quick=quick, budget=chosen)
     comparisons = []
     rows = []
-    loaded = scenarios.load()
+    loaded = scenarios.load(scenario_names)
     for number, (module, scenario) in enumerate(loaded, start=1):
         name = scenario.__name__.replace("_", " ")
         note(f"{PROGRESS_PREFIX}{backend}: {number}/{len(loaded)} {module}: {name}")
@@ -137,6 +145,7 @@ def run_backend(
         "environment": environment(),
         "settings": {
             "quick": quick,
+            "scenarios": list(scenario_names or scenarios.MODULES),
             "rounds": chosen.rounds,
             "warmup": chosen.warmup,
             "round_seconds": chosen.round_seconds,
@@ -180,6 +189,7 @@ def run_all(
     rounds: int | None = None,
     warmup: int | None = None,
     out: str | None = None,
+    scenario_names: Sequence[str] | None = None,
 ) -> int:
     """Benchmarks each backend in its own subprocess and prints one table.
 
@@ -189,6 +199,8 @@ def run_all(
         rounds: Optional positive integer, timed rounds per comparison.
         warmup: Optional positive integer, untimed steps per model.
         out: Optional path of the combined JSON file; its folder is created.
+        scenario_names: Optional names of the scenario modules to run;
+            defaults to all of them.
 
     Returns:
         The exit code: 0 when every backend ran, 1 when one failed.
@@ -198,7 +210,9 @@ def run_all(
     for backend in backends:
         print(f"{PROG}: measuring {backend} ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        result, failure = _run_subprocess(backend, quick, rounds, warmup)
+        result, failure = _run_subprocess(
+            backend, quick, rounds, warmup, scenario_names
+        )
         elapsed = time.perf_counter() - start
         if failure is None:
             results[backend] = result
@@ -217,6 +231,7 @@ def run_all(
         "settings": {
             "backends": list(backends),
             "quick": quick,
+            "scenarios": list(scenario_names) if scenario_names else "all",
             "rounds": chosen.rounds,
             "warmup": chosen.warmup,
         },
@@ -239,7 +254,11 @@ def run_all(
 
 
 def _run_subprocess(
-    backend: str, quick: bool, rounds: int | None, warmup: int | None
+    backend: str,
+    quick: bool,
+    rounds: int | None,
+    warmup: int | None,
+    scenario_names: Sequence[str] | None = None,
 ) -> tuple[dict[str, Any] | None, str | None]:
     with tempfile.TemporaryDirectory(prefix="keras-tether-bench-") as folder:
         path = os.path.join(folder, f"{backend}.json")
@@ -258,6 +277,8 @@ def _run_subprocess(
             command += ["--rounds", str(rounds)]
         if warmup is not None:
             command += ["--warmup", str(warmup)]
+        if scenario_names:
+            command += ["--scenarios", ",".join(scenario_names)]
         env = {**os.environ, "KERAS_BACKEND": backend}
         process = subprocess.Popen(
             command,

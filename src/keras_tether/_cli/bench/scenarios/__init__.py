@@ -26,7 +26,7 @@ marks the rows indicative and judges no target; every row then follows
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,10 +70,12 @@ class Comparison:
 Scenario = Callable[[Context], Comparison]
 
 
-def load() -> list[tuple[str, Scenario]]:
-    """Every scenario function with the name of its module, in order."""
+def load(names: Sequence[str] | None = None) -> list[tuple[str, Scenario]]:
+    """The scenario functions of `names` (default: every module), in order."""
     found = []
     for name in MODULES:
+        if names is not None and name not in names:
+            continue
         module = importlib.import_module(f"{__name__}.{name}")
         found.extend((name, scenario) for scenario in module.SCENARIOS)
     return found
