@@ -206,5 +206,42 @@ def test_model_without_mixtures_raises():
     inputs = keras.Input(shape=(4,))
     model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
     model.compile(optimizer="sgd", loss="mse")
-    with pytest.raises(ValueError, match="no `WeightedAverage` layer"):
+    with pytest.raises(ValueError, match="no `WeightedAverage` or `GatedAverage`"):
         _fit(model, [MixtureWeightsHistory()], epochs=1)
+
+
+class _MeanGatesCopier(keras.callbacks.Callback):
+    """Reads a gated average's `mean_gates` variable, without `mixture_weights`."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer = layer
+        self.after_epoch = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.after_epoch.append(keras.ops.convert_to_numpy(self.layer.mean_gates))
+
+
+def test_records_the_mean_gates_of_a_gated_average_beside_a_weighted_average():
+    from keras_tether.layers import GatedAverage
+
+    inputs = keras.Input(shape=(4,))
+    branches = [keras.layers.Dense(3, name=f"branch_{i}")(inputs) for i in range(3)]
+    gate = GatedAverage(momentum=0.5, name="gate")
+    gated = gate([inputs, branches])
+    mixed = WeightedAverage(name="mix")([gated, keras.layers.Dense(3)(inputs)])
+    model = keras.Model(inputs, mixed)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
+    recorder = MixtureWeightsHistory()
+    copier = _MeanGatesCopier(gate)
+    _fit(model, [recorder, copier], epochs=2)
+
+    assert sorted(recorder.history) == ["gate", "mix"]
+    np.testing.assert_allclose(recorder.initial["gate"], np.full(3, 1 / 3), rtol=1e-6)
+    for recorded, copied in zip(
+        recorder.history["gate"], copier.after_epoch, strict=True
+    ):
+        np.testing.assert_allclose(recorded, copied, rtol=1e-6)
+        np.testing.assert_allclose(recorded.sum(), 1.0, rtol=1e-5)
+    # Training moved the gates away from uniform: the record is not a constant.
+    assert not np.allclose(recorder.history["gate"][-1], 1 / 3, atol=1e-4)

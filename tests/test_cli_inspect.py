@@ -91,6 +91,7 @@ def test_inspect_file_reports_mixtures_ties_and_params(saved_model):
     mixtures = {mixture["layer"]: mixture for mixture in report["mixtures"]}
     assert set(mixtures) == {"mix", "per_feature_mix"}
     mix = mixtures["mix"]
+    assert mix["class"] == "WeightedAverage"
     assert mix["simplex"] == "softmax"
     assert mix["inputs"] == 3
     assert mix["shape"] == [3]
@@ -379,3 +380,30 @@ def test_main_inspect_flags_a_pending_tie(tmp_path, capsys):
     assert _cli.main(["inspect", path, "--json"]) == 0
     (tie,) = json.loads(capsys.readouterr().out)["ties"]
     assert tie["pending"] is True and tie["variables"] == []
+
+
+def test_inspect_lists_a_gated_average_with_its_mean_gates(tmp_path, capsys):
+    from keras_tether.layers import GatedAverage
+
+    inputs = keras.Input(shape=(4,))
+    branches = [keras.layers.Dense(2)(inputs) for _ in range(3)]
+    gate = GatedAverage(simplex="sparsemax", name="gate")
+    model = keras.Model(inputs, gate([inputs, branches]))
+    mean_gates = np.array([0.5, 0.125, 0.375], dtype="float32")
+    gate.mean_gates.assign(mean_gates)
+    path = str(tmp_path / "gated.keras")
+    model.save(path)
+
+    (mixture,) = _inspect.inspect_file(path)["mixtures"]
+    assert mixture == {
+        "layer": "gate",
+        "class": "GatedAverage",
+        "simplex": "sparsemax",
+        "inputs": 3,
+        "shape": [3],
+        "weights": [0.5, 0.125, 0.375],
+    }
+    assert _cli.main(["inspect", path]) == 0
+    out = capsys.readouterr().out
+    assert "gate  GatedAverage  simplex=sparsemax  inputs=3" in out
+    assert "mean gates: [0.5000, 0.1250, 0.3750]" in out

@@ -10,7 +10,8 @@ import keras
 import numpy as np
 
 from keras_tether import ties
-from keras_tether.layers import WeightedAverage
+from keras_tether.callbacks._mixture_weights_history import MIXING_LAYERS
+from keras_tether.layers import GatedAverage, WeightedAverage
 
 # Mixture weights are shown to this many decimals.
 DECIMALS = 4
@@ -60,8 +61,10 @@ def describe_model(model: keras.Model) -> dict[str, Any]:
 
     Returns:
         A JSON-serializable dict with exactly the keys `mixtures` (one entry
-        per `WeightedAverage`, nested models included), `ties` (one entry per
-        tie, from `keras_tether.ties.list_ties`) and `params`: `total` counts
+        per `WeightedAverage` or `GatedAverage`, nested models included; a
+        gated average's weights are its moving average of mean gates),
+        `ties` (one entry per tie, from `keras_tether.ties.list_ties`) and
+        `params`: `total` counts
         every shared variable once, `if_untied` counts a separate copy for
         every layer that uses it, and `saved_by_ties` is the difference.
     """
@@ -94,12 +97,13 @@ def format_report(report: dict[str, Any], title: str | None = None) -> str:
         lines.append("  none")
     for mixture in mixtures:
         lines.append(
-            f"  {mixture['layer']}  simplex={mixture['simplex']}  "
-            f"inputs={mixture['inputs']}"
+            f"  {mixture['layer']}  {mixture['class']}  "
+            f"simplex={mixture['simplex']}  inputs={mixture['inputs']}"
         )
         weights = np.asarray(mixture["weights"])
+        label = "mean gates" if mixture["class"] == "GatedAverage" else "weights"
         if weights.ndim == 1:
-            lines.append(f"      weights: {_format_vector(weights)}")
+            lines.append(f"      {label}: {_format_vector(weights)}")
         else:
             lines.append(
                 f"      per-feature weights, shape {weights.shape}; mean over "
@@ -136,15 +140,17 @@ def format_report(report: dict[str, Any], title: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _mixing_layers(model: keras.layers.Layer) -> list[WeightedAverage]:
-    found: list[WeightedAverage] = []
+def _mixing_layers(
+    model: keras.layers.Layer,
+) -> list[WeightedAverage | GatedAverage]:
+    found: list[WeightedAverage | GatedAverage] = []
     seen: set[int] = set()
 
     def visit(layer):
         if id(layer) in seen:
             return
         seen.add(id(layer))
-        if isinstance(layer, WeightedAverage):
+        if isinstance(layer, MIXING_LAYERS):
             found.append(layer)
         for inner in getattr(layer, "layers", None) or []:
             visit(inner)
@@ -153,10 +159,11 @@ def _mixing_layers(model: keras.layers.Layer) -> list[WeightedAverage]:
     return found
 
 
-def _describe_mixture(layer: WeightedAverage) -> dict[str, Any]:
+def _describe_mixture(layer: WeightedAverage | GatedAverage) -> dict[str, Any]:
     weights = np.asarray(layer.mixture_weights, dtype=np.float64)
     return {
         "layer": layer.name,
+        "class": type(layer).__name__,
         "simplex": layer.simplex.name,
         "inputs": int(weights.shape[0]),
         "shape": list(weights.shape),

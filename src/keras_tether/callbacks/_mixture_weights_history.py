@@ -1,4 +1,4 @@
-"""A callback that records the mixture weights of `WeightedAverage` layers."""
+"""A callback that records the mixture weights of the mixing layers of a model."""
 
 from __future__ import annotations
 
@@ -10,14 +10,20 @@ import keras
 import numpy as np
 
 from keras_tether._walk import all_layers
+from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._weighted_average import WeightedAverage
+
+# The layers with `mixture_weights`: learned weights, or mean gates.
+MIXING_LAYERS = (WeightedAverage, GatedAverage)
 
 
 class MixtureWeightsHistory(keras.callbacks.Callback):
-    """Records the mixture weights of `WeightedAverage` layers while training.
+    """Records the mixture weights of the mixing layers while training.
 
     At the end of every epoch the callback reads `mixture_weights` of each
-    `WeightedAverage` layer of the model, found through `model.layers` and,
+    mixing layer of the model (`WeightedAverage`, whose weights are learned,
+    and `GatedAverage`, whose `mixture_weights` is the moving average of its
+    mean gates), found through `model.layers` and,
     recursively, through the layers of nested models, or of the layers named
     in `layers` only. The weights are kept in memory and, with `csv_path`,
     appended to a CSV file, so you can watch which branches a mixture learns
@@ -39,8 +45,8 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
         csv_path: Optional string or path-like, the CSV file to write.
             Defaults to `None` (keep the record in memory only).
         layers: Optional string or sequence of strings, the names of the
-            `WeightedAverage` layers to record. Defaults to `None`, every
-            `WeightedAverage` layer of the model.
+            mixing layers to record. Defaults to `None`, every
+            `WeightedAverage` and `GatedAverage` layer of the model.
 
     Attributes:
         history: Dictionary mapping each recorded layer's name to a list of
@@ -87,7 +93,7 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
         self.history: dict[str, list[np.ndarray]] = {}
         self.epochs: list[int] = []
         self.initial: dict[str, np.ndarray] = {}
-        self._recorded: list[WeightedAverage] = []
+        self._recorded: list[WeightedAverage | GatedAverage] = []
         self._csv_width = 0
 
     def on_train_begin(self, logs=None):
@@ -125,16 +131,17 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
                 cells += [""] * (self._csv_width - len(cells))
                 writer.writerow([epoch, name, *cells])
 
-    def _find_layers(self) -> list[WeightedAverage]:
+    def _find_layers(self) -> list[WeightedAverage | GatedAverage]:
         found = [
             layer
             for layer in all_layers(self.model)
-            if isinstance(layer, WeightedAverage)
+            if isinstance(layer, MIXING_LAYERS)
         ]
         if self.layers is None:
             if not found:
                 raise ValueError(
-                    f"`MixtureWeightsHistory` found no `WeightedAverage` layer "
+                    "`MixtureWeightsHistory` found no `WeightedAverage` or "
+                    f"`GatedAverage` layer "
                     f"in model '{self.model.name}', so it has nothing to record."
                 )
             names = [layer.name for layer in found]
@@ -142,7 +149,7 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
             if duplicates:
                 raise ValueError(
                     "`MixtureWeightsHistory` records layers by name, but model "
-                    f"'{self.model.name}' holds several `WeightedAverage` layers "
+                    f"'{self.model.name}' holds several mixing layers "
                     f"named {duplicates}. Rename them, or pass `layers` to pick "
                     "uniquely named ones."
                 )
@@ -151,9 +158,9 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
         missing = [name for name in self.layers if name not in by_name]
         if missing:
             raise ValueError(
-                f"Expected `layers` to name `WeightedAverage` layers of model "
-                f"'{self.model.name}'; these are not: {missing}. Its "
-                f"`WeightedAverage` layers are {sorted(by_name)}. "
+                "Expected `layers` to name `WeightedAverage` or `GatedAverage` "
+                f"layers of model '{self.model.name}'; these are not: {missing}. "
+                f"Its mixing layers are {sorted(by_name)}. "
                 f"Received: layers={list(self.layers)!r}"
             )
         return [by_name[name] for name in self.layers]
