@@ -10,6 +10,7 @@ import keras
 import numpy as np
 
 from keras_tether import ties
+from keras_tether._walk import all_layers
 from keras_tether.callbacks._mixture_weights_history import MIXING_LAYERS
 from keras_tether.layers import GatedAverage, WeightedAverage
 
@@ -143,20 +144,7 @@ def format_report(report: dict[str, Any], title: str | None = None) -> str:
 def _mixing_layers(
     model: keras.layers.Layer,
 ) -> list[WeightedAverage | GatedAverage]:
-    found: list[WeightedAverage | GatedAverage] = []
-    seen: set[int] = set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if isinstance(layer, MIXING_LAYERS):
-            found.append(layer)
-        for inner in getattr(layer, "layers", None) or []:
-            visit(inner)
-
-    visit(model)
-    return found
+    return [layer for layer in all_layers(model) if isinstance(layer, MIXING_LAYERS)]
 
 
 def _describe_mixture(layer: WeightedAverage | GatedAverage) -> dict[str, Any]:
