@@ -13,9 +13,9 @@ from keras_tether import simplex as simplex_maps
 from keras_tether._types import Tensor
 from keras_tether._validation import check_bool, check_int, check_number
 from keras_tether.layers._router import (
-    Router,
     check_router_arguments,
     check_top_k_fits,
+    make_router,
     token_mean,
 )
 
@@ -186,6 +186,7 @@ class GatedAverage(keras.layers.Layer):
             )
         return_gates = check_bool(return_gates, "return_gates")
         super().__init__(**kwargs)
+        self._router_arguments = router_arguments
         self.simplex = router_arguments["simplex"]
         self.temperature = router_arguments["temperature"]
         self.top_k = router_arguments["top_k"]
@@ -207,20 +208,8 @@ class GatedAverage(keras.layers.Layer):
         context_shape, num_branches, _ = self._check_shapes(input_shape)
         check_top_k_fits(self.top_k, num_branches, "branches")
         self._num_branches = num_branches
-        self.router = Router(
-            num_branches,
-            simplex=self.simplex,
-            top_k=self.top_k,
-            top_k_order=self.top_k_order,
-            normalize_top_k=True,
-            normalize_router_inputs=self.normalize_router_inputs,
-            router_jitter=self.router_jitter,
-            router_noise=self.router_noise,
-            load_balancing_coefficient=self.load_balancing_coefficient,
-            z_loss_coefficient=self.z_loss_coefficient,
-            kernel_initializer=self.router_initializer,
-            seed=self.seed,
-            name="router",
+        self.router = make_router(
+            num_branches, self._router_arguments, self.router_initializer, self.seed
         )
         self.router.build(context_shape)
         self.mean_gates = self.add_weight(

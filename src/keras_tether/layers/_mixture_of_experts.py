@@ -19,9 +19,9 @@ from keras_tether._validation import (
 )
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._router import (
-    Router,
     check_router_arguments,
     check_top_k_fits,
+    make_router,
 )
 
 DISPATCHES = ("sparse", "dense")
@@ -257,20 +257,8 @@ class MixtureOfExperts(keras.layers.Layer):
         self.router_initializer = keras.initializers.get(router_initializer)
         self.seed = seed
         self.supports_masking = True
-        self.router = Router(
-            experts,
-            simplex=self.simplex,
-            top_k=top_k,
-            top_k_order=top_k_order,
-            normalize_top_k=self.normalize_top_k,
-            normalize_router_inputs=self.normalize_router_inputs,
-            router_jitter=self.router_jitter,
-            router_noise=self.router_noise,
-            load_balancing_coefficient=self.load_balancing_coefficient,
-            z_loss_coefficient=self.z_loss_coefficient,
-            kernel_initializer=self.router_initializer,
-            seed=seed,
-            name="router",
+        self.router = make_router(
+            experts, router_arguments, self.router_initializer, seed
         )
         expert_arguments = {
             "branches": experts,

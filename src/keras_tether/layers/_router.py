@@ -88,6 +88,21 @@ def check_router_arguments(
     }
 
 
+def make_router(
+    num_experts: int, arguments: dict[str, Any], kernel_initializer: Any, seed: Any
+) -> Router:
+    """The router of a layer, from what `check_router_arguments` returned."""
+    # The temperature is already part of the simplex map.
+    options = {key: value for key, value in arguments.items() if key != "temperature"}
+    return Router(
+        num_experts,
+        **options,
+        kernel_initializer=kernel_initializer,
+        seed=seed,
+        name="router",
+    )
+
+
 def check_top_k_fits(top_k: int | None, num_experts: int, what: str) -> None:
     """Raises `ValueError` if `top_k` asks for more experts than there are."""
     if top_k is not None and top_k > num_experts:
