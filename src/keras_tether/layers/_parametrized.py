@@ -175,7 +175,7 @@ class Parametrized(keras.layers.Layer):
     True
     >>> bool(np.allclose(keras.ops.convert_to_numpy(dense.kernel), kernel))
     True
-    >>> len(wrapped.weights)  # one variable per weight, no copy
+    >>> len(wrapped.trainable_weights)  # one variable per weight, no copy
     1
     >>> plain = wrapped.remove()  # the constrained kernel, baked in
     >>> kernel = keras.ops.convert_to_numpy(plain.kernel)
