@@ -358,8 +358,12 @@ def test_fit_inside_cached_trains_exactly_as_outside():
         model.compile(optimizer=keras.optimizers.Adam(0.1), loss="mse")
         context = parametrize.cached() if use_cache else contextlib.nullcontext()
         with context:
+            # A prediction first: its kernel (computed without gradients on
+            # PyTorch) must not stand in for the first training step's.
+            first = to_numpy(model.predict(x, verbose=0))
             losses = [float(model.train_on_batch(x, x)) for _ in range(4)]
             prediction = to_numpy(model.predict(x, verbose=0))
+        assert np.abs(prediction - first).max() > 1e-3
         kernel = to_numpy(wrapper.parametrized_weight("kernel"))
         results.append((losses, prediction, kernel))
     (losses, prediction, kernel), (cached_losses, cached_prediction, cached_kernel) = (

@@ -88,6 +88,16 @@ def _same(token: tuple, other: tuple) -> bool:
     )
 
 
+def _differentiable(value: Tensor, token: tuple) -> bool:
+    """False for a PyTorch value computed without gradients from a trained read.
+
+    Such a value (from `predict`, under `torch.no_grad`) would cut the
+    gradient of a later training step that reused it.
+    """
+    needs_gradient = any(getattr(read, "requires_grad", False) for read, _ in token)
+    return not needs_gradient or getattr(value, "requires_grad", True)
+
+
 def compute_cached(
     key: Any, variables: Sequence[Any], compute: Callable[[], Tensor]
 ) -> Tensor:
@@ -106,7 +116,11 @@ def compute_cached(
     if token is None:
         return compute()
     entry = cache.get(key)
-    if entry is not None and _same(entry[0], token):
+    if (
+        entry is not None
+        and _same(entry[0], token)
+        and _differentiable(entry[1], token)
+    ):
         return entry[1]
     value = compute()
     cache[key] = (token, value)
