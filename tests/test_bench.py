@@ -108,10 +108,12 @@ PARAMETRIZE_ROWS = [
     (_TRAINING, "Parametrized WeightNorm", "Dense"),
     (_TRAINING, "Parametrized Orthogonal", "Dense"),
     (_TRAINING, "Parametrized SpectralNorm", "Dense"),
+    (_TRAINING, "Parametrized Orthogonal (QR)", "Dense"),
     (_TRAINING, "Parametrized Positive", "Dense + NonNeg constraint"),
     (_TRAINING, "Parametrized WeightNorm", "Dense + UnitNorm constraint"),
     (_TRAINING, "Parametrized Orthogonal", "Dense + orthogonal projection (SVD)"),
     (_TRAINING, "Parametrized SpectralNorm", "keras SpectralNormalization"),
+    (_TRAINING, "Parametrized Orthogonal", "Parametrized Orthogonal (QR)"),
     (_INFERENCE, "Parametrized Orthogonal", "Dense"),
     (
         _INFERENCE,
@@ -120,8 +122,19 @@ PARAMETRIZE_ROWS = [
     ),
     (_INFERENCE, "Parametrized Positive", "Dense"),
     (_INFERENCE, "Parametrized Positive", "Parametrized Positive, removed and baked"),
+    (_INFERENCE, "Parametrized WeightNorm", "Dense"),
+    (
+        _INFERENCE,
+        "Parametrized WeightNorm",
+        "Parametrized WeightNorm, removed and baked",
+    ),
+    (
+        _INFERENCE,
+        "Tied orthogonal autoencoder, cached",
+        "Tied orthogonal autoencoder",
+    ),
 ]
-PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 9
+PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 14
 # The rows the other scenario modules add, with their targets.
 OTHER_ROWS = {
     "parallel": [(*row, 1.0) for row in PARALLEL_ROWS],

@@ -79,9 +79,9 @@ def _softmax_rows(x):
 CASES = [
     ("positive", lambda: parametrize.Positive(), _softplus, (3, 4)),
     ("positive_exp", lambda: parametrize.Positive("exp"), np.exp, (3, 4)),
-    ("orthogonal_tall", lambda: parametrize.Orthogonal(), _orthogonal, (5, 3)),
-    ("orthogonal_wide", lambda: parametrize.Orthogonal(), _orthogonal, (3, 5)),
-    ("orthogonal_conv", lambda: parametrize.Orthogonal(), _orthogonal, (2, 3, 4)),
+    ("orthogonal_tall", lambda: parametrize.Orthogonal("qr"), _orthogonal, (5, 3)),
+    ("orthogonal_wide", lambda: parametrize.Orthogonal("qr"), _orthogonal, (3, 5)),
+    ("orthogonal_conv", lambda: parametrize.Orthogonal("qr"), _orthogonal, (2, 3, 4)),
     ("unit_norm", lambda: parametrize.UnitNorm(axis=0), _unit_norm, (4, 3)),
     ("spectral", lambda: parametrize.SpectralNorm(exact=True), _spectral, (4, 3)),
     ("symmetric", lambda: parametrize.Symmetric(), lambda x: (x + x.T) / 2, (4, 4)),

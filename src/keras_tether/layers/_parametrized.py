@@ -10,6 +10,7 @@ from keras import ops
 from keras_tether import parametrize as parametrize_module
 from keras_tether._validation import check_bool
 from keras_tether.parametrize import Parametrization
+from keras_tether.parametrize._cached import compute_cached
 
 _INITIAL = ("keep", "sample")
 
@@ -91,12 +92,14 @@ def _parametrized_class(cls: type, names: tuple[str, ...]) -> type:
 class _Binding:
     """What `Parametrized` knows about one parametrized weight."""
 
-    __slots__ = ("name", "parametrization", "variable")
+    __slots__ = ("name", "parametrization", "variable", "dependencies")
 
-    def __init__(self, name, parametrization, variable):
+    def __init__(self, name, parametrization, variable, own_variables=()):
         self.name = name
         self.parametrization = parametrization
         self.variable = variable
+        # Every variable that P(free) reads, for `parametrize.cached()`.
+        self.dependencies = (variable, *own_variables)
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -175,7 +178,7 @@ class Parametrized(keras.layers.Layer):
     True
     >>> bool(np.allclose(keras.ops.convert_to_numpy(dense.kernel), kernel))
     True
-    >>> len(wrapped.weights)  # one variable per weight, no copy
+    >>> len(wrapped.trainable_weights)  # one variable per weight, no copy
     1
     >>> plain = wrapped.remove()  # the constrained kernel, baked in
     >>> kernel = keras.ops.convert_to_numpy(plain.kernel)
@@ -251,9 +254,12 @@ class Parametrized(keras.layers.Layer):
         for name, parametrization in self._parametrizations.items():
             variable = _find_variable(layer, name)
             shape = tuple(variable.shape)
+            own_variables = []
 
-            def add_weight(name, *, _prefix=name, **kwargs):
-                return self.add_weight(name=f"{_prefix}_{name}", **kwargs)
+            def add_weight(name, *, _prefix=name, _own=own_variables, **kwargs):
+                created = self.add_weight(name=f"{_prefix}_{name}", **kwargs)
+                _own.append(created)
+                return created
 
             parametrization.build(shape, add_weight)
             if self.initial == "sample":
@@ -262,7 +268,9 @@ class Parametrized(keras.layers.Layer):
             else:
                 free = parametrization.right_inverse(ops.convert_to_tensor(variable))
             variable.assign(ops.cast(free, variable.dtype))
-            self._bindings[name] = _Binding(name, parametrization, variable)
+            self._bindings[name] = _Binding(
+                name, parametrization, variable, own_variables
+            )
         names = tuple(sorted(self._bindings))
         object.__setattr__(layer, "_parametrized_holder", _WrapperHolder(self))
         layer.__class__ = _parametrized_class(type(layer), names)
@@ -285,7 +293,7 @@ class Parametrized(keras.layers.Layer):
         self._check_usable()
         values = {}
         for name, binding in self._bindings.items():
-            if training:
+            if training and _has_update(binding.parametrization):
                 free = ops.convert_to_tensor(binding.variable)
                 binding.parametrization.update(free)
             values[name] = self._compute(binding)
@@ -376,15 +384,15 @@ class Parametrized(keras.layers.Layer):
         return self._bindings[name]
 
     def _compute(self, binding: _Binding):
-        variable = binding.variable
-        # Read outside this wrapper's call, the variable may come autocast to
-        # a lower precision; the map runs in the variable dtype regardless.
-        free = ops.cast(ops.convert_to_tensor(variable), variable.dtype)
-        return binding.parametrization(free)
+        return compute_cached(
+            binding, binding.dependencies, lambda: _compute_value(binding)
+        )
 
     def _value_for_layer(self, name: str):
         if self._call_values is not None:
             value = self._call_values[name]
+            if keras.backend.standardize_dtype(value.dtype) == self.layer.compute_dtype:
+                return value
             return ops.cast(value, self.layer.compute_dtype)
         return self._compute(self._bindings[name])
 
@@ -394,6 +402,21 @@ class Parametrized(keras.layers.Layer):
                 f"Layer '{self.name}' was removed with `remove()`; use the layer "
                 "it returned."
             )
+
+
+def _compute_value(binding: _Binding):
+    variable = binding.variable
+    free = ops.convert_to_tensor(variable)
+    # Read outside this wrapper's call, the variable may come autocast to a
+    # lower precision; the map runs in the variable dtype regardless.
+    if keras.backend.standardize_dtype(free.dtype) != variable.dtype:
+        free = ops.cast(free, variable.dtype)
+    return binding.parametrization(free)
+
+
+def _has_update(parametrization: Parametrization) -> bool:
+    # Most parametrizations keep no state: skip the extra read and call.
+    return type(parametrization).update is not Parametrization.update
 
 
 def _check_parametrizations(parametrizations) -> dict[str, Parametrization]:

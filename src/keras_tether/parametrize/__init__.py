@@ -8,6 +8,7 @@ computes with a constrained weight.
 """
 
 from keras_tether.parametrize._base import Parametrization, deserialize, serialize
+from keras_tether.parametrize._cached import cached
 from keras_tether.parametrize._norm import UnitNorm, WeightNorm
 from keras_tether.parametrize._orthogonal import Orthogonal
 from keras_tether.parametrize._positive import Positive
@@ -25,6 +26,7 @@ __all__ = [
     "Symmetric",
     "UnitNorm",
     "WeightNorm",
+    "cached",
     "deserialize",
     "serialize",
 ]

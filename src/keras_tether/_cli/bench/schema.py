@@ -21,6 +21,8 @@ BASELINE_KINDS = {
     "every-expert": "the same mixture of experts computing every expert on "
     "every token, as keras-hub's MoE blocks do",
     "fixed-mixture": "the same model mixed by one WeightedAverage for all examples",
+    "other-option": "the same keras-tether model with another option of its own "
+    "(another map, no cache)",
 }
 
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import keras
@@ -12,7 +13,7 @@ from keras_tether._cli.bench.scenarios import Comparison, Context
 from keras_tether._cli.bench.scenarios._data import random, tensors
 from keras_tether._cli.bench.schema import make_row
 from keras_tether._cli.bench.timing import Candidate, train_step
-from keras_tether.layers import Parametrized
+from keras_tether.layers import DenseTranspose, Parametrized
 
 # Largest step-time ratios against the plain Dense that meet the targets.
 TARGETS = {"positive": 1.3, "weight_norm": 1.3, "orthogonal": 3.0}
@@ -69,6 +70,11 @@ def _candidates(units: int):
         ),
         ("orthogonal", "Parametrized Orthogonal", wrapped(parametrize.Orthogonal())),
         (
+            "orthogonal_qr",
+            "Parametrized Orthogonal (QR)",
+            wrapped(parametrize.Orthogonal(method="qr")),
+        ),
+        (
             "orthogonal_projected",
             "Dense + orthogonal projection (SVD)",
             dense(kernel_constraint=OrthogonalProjection()),
@@ -82,12 +88,13 @@ def _candidates(units: int):
     ]
 
 
-# (ours, projected or Keras counterpart) pairs reported against each other.
+# (ours, projected, Keras or other-map counterpart) pairs reported against each other.
 COUNTERPARTS = (
     ("positive", "positive_projected"),
     ("weight_norm", "unit_norm_projected"),
     ("orthogonal", "orthogonal_projected"),
     ("spectral", "spectral_keras"),
+    ("orthogonal", "orthogonal_qr"),
 )
 
 
@@ -108,7 +115,7 @@ def training_step(context: Context) -> Comparison:
         candidates.append(Candidate(key, label, model, train_step(model, x, y)))
     timing = context.time(candidates)
     rows = []
-    for key in ("positive", "weight_norm", "orthogonal", "spectral"):
+    for key in ("positive", "weight_norm", "orthogonal", "spectral", "orthogonal_qr"):
         rows.append(
             make_row(
                 "parametrized Dense training step",
@@ -126,7 +133,9 @@ def training_step(context: Context) -> Comparison:
                 timing,
                 ours,
                 counterpart,
-                baseline_kind="keras-layers",
+                baseline_kind=(
+                    "other-option" if counterpart == "orthogonal_qr" else "keras-layers"
+                ),
                 target=None,
             )
         )
@@ -135,7 +144,8 @@ def training_step(context: Context) -> Comparison:
         "description": (
             f"Dense {sizes.units}x{sizes.units} with a constrained kernel, whole "
             "training step with adam and mse: Parametrized against a plain Dense "
-            "and against the same constraint as a keras.constraints projection"
+            "and against the same constraint as a keras.constraints projection; "
+            "Orthogonal is the Cayley map, Orthogonal (QR) the QR map"
         ),
         "batch_size": sizes.batch,
         **timing,
@@ -152,6 +162,7 @@ def inference(context: Context) -> Comparison:
     for key, label, p in (
         ("orthogonal", "Parametrized Orthogonal", parametrize.Orthogonal()),
         ("positive", "Parametrized Positive", parametrize.Positive()),
+        ("weight_norm", "Parametrized WeightNorm", parametrize.WeightNorm()),
     ):
         model = _model(
             sizes.units,
@@ -180,9 +191,10 @@ def inference(context: Context) -> Comparison:
     candidates.append(
         Candidate("plain", "Dense", plain, lambda: plain.predict_on_batch(x))
     )
+    candidates.extend(_tied_candidates(sizes, x))
     timing = context.time(candidates)
     rows = []
-    for key in ("orthogonal", "positive"):
+    for key in ("orthogonal", "positive", "weight_norm"):
         for baseline in ("plain", f"{key}_baked"):
             rows.append(
                 make_row(
@@ -194,17 +206,50 @@ def inference(context: Context) -> Comparison:
                     target=None,
                 )
             )
+    rows.append(
+        make_row(
+            "parametrized Dense inference step",
+            timing,
+            "tied_cached",
+            "tied",
+            baseline_kind="other-option",
+            target=None,
+        )
+    )
     details = {
         "name": "parametrized Dense inference step",
         "description": (
             f"predict_on_batch of a Dense {sizes.units}x{sizes.units} computing "
             "its kernel P(free) at every call, against a plain Dense and against "
-            "the same layer after remove(bake=True)"
+            "the same layer after remove(bake=True); and a tied autoencoder "
+            "(DenseTranspose of an orthogonal Dense) predicted inside "
+            "parametrize.cached(), which computes the kernel once, against "
+            "outside it"
         ),
         "batch_size": sizes.batch,
         **timing,
     }
     return Comparison(details, rows)
+
+
+def _tied_candidates(sizes: Sizes, x) -> list[Candidate]:
+    """A tied autoencoder predicted with and without `parametrize.cached()`."""
+    candidates = []
+    for key, label, context in (
+        ("tied", "Tied orthogonal autoencoder", contextlib.nullcontext),
+        ("tied_cached", "Tied orthogonal autoencoder, cached", parametrize.cached),
+    ):
+        encoder = keras.layers.Dense(sizes.units // 2)
+        wrapper = Parametrized(encoder, {"kernel": parametrize.Orthogonal()})
+        inputs = keras.Input((sizes.units,))
+        model = keras.Model(inputs, DenseTranspose(encoder)(wrapper(inputs)), name=key)
+
+        def step(model=model, context=context):
+            with context():
+                return model.predict_on_batch(x)
+
+        candidates.append(Candidate(key, label, model, step))
+    return candidates
 
 
 SCENARIOS = (training_step, inference)
