@@ -50,7 +50,7 @@ def cached() -> Iterator[None]:
     >>> x = np.ones((2, 5), dtype="float32")
     >>> with parametrize.cached():
     ...     y = decoder(wrapper(x))  # the decoder reuses the encoder's kernel
-    >>> y.shape
+    >>> tuple(y.shape)
     (2, 5)
     """
     stack = _stack()
