@@ -749,7 +749,7 @@ def _plot_ensemble_times(results: _Results, path: str) -> None:
     left, right = figure.subplots(1, 2)
     panels = (
         (left, results.first_step_seconds, "time to the first step (s)"),
-        (right, results.epoch_seconds, "time per epoch (s)"),
+        (right, results.epoch_seconds, "time per epoch after the first (s)"),
     )
     for axes, values, title in panels:
         heights = [values[form] or 0.0 for form in ENSEMBLE_FORMS]
