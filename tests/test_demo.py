@@ -40,6 +40,7 @@ def test_demo_succeeds_and_writes_every_file(demo_run):
     exit_code, out_dir, _, _ = demo_run
     assert exit_code == 0
     assert sorted(path.name for path in out_dir.iterdir()) == [
+        "ensemble_times.png",
         "mixture_weights.png",
         "reconstructions.png",
         "report.md",
@@ -47,7 +48,9 @@ def test_demo_succeeds_and_writes_every_file(demo_run):
     ]
 
 
-@pytest.mark.parametrize("name", ["mixture_weights.png", "reconstructions.png"])
+@pytest.mark.parametrize(
+    "name", ["mixture_weights.png", "reconstructions.png", "ensemble_times.png"]
+)
 def test_plots_are_png_images(demo_run, name):
     data = (demo_run[1] / name).read_bytes()
     assert data[:8] == PNG_SIGNATURE
@@ -67,20 +70,31 @@ def test_report_states_the_numbers(demo_run):
         assert str(value) in report
     for value in results["test_reconstruction_mse"].values():
         assert f"{value:.4f}" in report
+    ensemble = results["ensemble"]
+    for value in ensemble["test_accuracy"].values():
+        assert f"{value:.3f}" in report
+    for key in ("first_step_seconds", "first_epoch_seconds"):
+        for value in ensemble[key].values():
+            assert f"{value:.2f}" in report
+    for value in ensemble["epoch_seconds"].values():
+        assert f"{value:.3f}" in report
+    assert f"{ensemble['prediction_agreement']:.1%}" in report
     assert "](mixture_weights.png)" in report
     assert "](reconstructions.png)" in report
+    assert "](ensemble_times.png)" in report
 
 
 def test_progress_is_a_line_per_phase_then_the_tables(demo_run):
     _, _, printed, results = demo_run
     lines = printed.splitlines()
     training = [line for line in lines if line.strip().startswith("training")]
-    assert len(training) == 2
+    assert len(training) == 4
     assert all(" done in " in line for line in training)
     # Keras' per-batch progress bars would print steps and ETAs.
-    assert not any("step" in line or "ETA" in line for line in lines)
+    assert not any("/step" in line or "ETA" in line for line in lines)
     assert f"{results['test_accuracy']['weighted']:.3f}" in printed
     assert "| autoencoder" in printed
+    assert "| ensemble" in printed
 
 
 def test_parameter_counts(demo_run):
@@ -112,6 +126,52 @@ def test_lone_branches_learn_only_from_the_image(demo_run):
     assert accuracy["noise"] < 0.3
     assert accuracy["left"] > accuracy["noise"] + 0.2
     assert accuracy["right"] > accuracy["noise"] + 0.2
+
+
+def test_ensemble_parameter_counts(demo_run):
+    # 16 branches of 64 -> 32 -> 10 with biases, and 16 mixture logits.
+    branch = 64 * 32 + 32 + 32 * 10 + 10
+    expected = 16 * branch + 16
+    assert demo_run[3]["ensemble"]["parameters"] == {
+        "separate": expected,
+        "stacked": expected,
+    }
+
+
+def test_separate_and_stacked_ensembles_agree(demo_run):
+    # Same weights, same batches, same math: only float rounding differs
+    # (one stacked product against sixteen small ones), and training for
+    # two epochs keeps it far below what would change a prediction.
+    ensemble = demo_run[3]["ensemble"]
+    accuracy = ensemble["test_accuracy"]
+    assert accuracy["separate"] > 0.5
+    assert abs(accuracy["separate"] - accuracy["stacked"]) <= 1 / 450
+    assert ensemble["prediction_agreement"] >= 0.99
+    assert ensemble["max_logit_difference"] < 1e-3
+
+
+def test_ensemble_times_are_recorded(demo_run):
+    ensemble = demo_run[3]["ensemble"]
+    assert ensemble["branches"] == 16
+    assert ensemble["epochs"] == EPOCHS
+    for form in ("separate", "stacked"):
+        first_step = ensemble["first_step_seconds"][form]
+        first_epoch = ensemble["first_epoch_seconds"][form]
+        assert 0 < first_step <= first_epoch
+        assert ensemble["epoch_seconds"][form] > 0
+    # Whole batches of 64 of the 1347 training images.
+    assert ensemble["training_images"] == 1344
+
+
+def test_one_epoch_reports_no_later_epoch():
+    # With a single epoch there is no epoch after the compiling one to time.
+    results = _demo._Results(mixing_epochs=1, autoencoder_epochs=1, ensemble_epochs=1)
+    results.ensemble_accuracy = {"separate": 0.5, "stacked": 0.5}
+    results.first_step_seconds = {"separate": 2.0, "stacked": 1.0}
+    results.first_epoch_seconds = {"separate": 2.5, "stacked": 1.2}
+    results.epoch_seconds = {"separate": None, "stacked": None}
+    rows = _demo._stacking_table(results).splitlines()[2:]
+    assert [row.rstrip(" |").endswith("| -") for row in rows] == [True, True]
 
 
 @pytest.mark.parametrize("epochs", [0, -3, 2.5, True])

@@ -476,3 +476,160 @@ def test_save_weights_and_a_fresh_process_reload(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reloaded ParallelDense" in result.stdout
+
+
+# LoRA saving: the contract of Keras' `Dense`, checked against `Dense` itself.
+
+LORA_INPUT, LORA_UNITS, LORA_BRANCHES, LORA_RANK, LORA_ALPHA = 6, 4, 3, 2, 3.0
+
+
+def _fine_tuned_factors(seed):
+    """A frozen kernel, a bias and LoRA factors as fine-tuning leaves them."""
+    rng = np.random.default_rng(seed)
+    shape = (LORA_BRANCHES, LORA_INPUT, LORA_UNITS)
+    return {
+        "kernel": rng.normal(size=shape).astype("float32"),
+        "bias": rng.normal(size=(LORA_BRANCHES, LORA_UNITS)).astype("float32"),
+        "a": rng.normal(size=shape[:2] + (LORA_RANK,)).astype("float32"),
+        "b": rng.normal(size=(LORA_BRANCHES, LORA_RANK, LORA_UNITS)).astype("float32"),
+    }
+
+
+def _numpy_merged_kernel(factors):
+    scale = LORA_ALPHA / LORA_RANK
+    return np.stack(
+        [
+            factors["kernel"][n] + scale * factors["a"][n] @ factors["b"][n]
+            for n in range(LORA_BRANCHES)
+        ]
+    )
+
+
+def _lora_parallel_model(factors, name):
+    layer = ParallelDense(
+        LORA_UNITS,
+        LORA_BRANCHES,
+        lora_rank=LORA_RANK,
+        lora_alpha=LORA_ALPHA,
+        name=_name(name),
+    )
+    model = keras.Sequential([keras.Input((LORA_INPUT,)), layer])
+    layer._kernel.assign(factors["kernel"])
+    layer.bias.assign(factors["bias"])
+    layer.lora_kernel_a.assign(factors["a"])
+    layer.lora_kernel_b.assign(factors["b"])
+    return model, layer
+
+
+def _lora_dense_models(factors):
+    """The peer: one Keras `Dense` with LoRA per branch, same factors."""
+    models = []
+    for n in range(LORA_BRANCHES):
+        dense = keras.layers.Dense(LORA_UNITS, name=_name("peer"))
+        model = keras.Sequential([keras.Input((LORA_INPUT,)), dense])
+        dense.enable_lora(LORA_RANK, lora_alpha=LORA_ALPHA)
+        dense._kernel.assign(factors["kernel"][n])
+        dense.bias.assign(factors["bias"][n])
+        dense.lora_kernel_a.assign(factors["a"][n])
+        dense.lora_kernel_b.assign(factors["b"][n])
+        models.append(model)
+    return models
+
+
+def test_lora_saves_the_merged_kernel_and_no_factors(tmp_path):
+    factors = _fine_tuned_factors(21)
+    model, _ = _lora_parallel_model(factors, "lora_merge")
+    path = str(tmp_path / "lora.weights.h5")
+    model.save_weights(path)
+    # The file holds a plain kernel and bias: a layer without LoRA loads it.
+    plain = ParallelDense(LORA_UNITS, LORA_BRANCHES, name=_name("plain"))
+    plain_model = keras.Sequential([keras.Input((LORA_INPUT,)), plain])
+    plain_model.load_weights(path)
+    merged = _numpy_merged_kernel(factors)
+    np.testing.assert_allclose(_np(plain.kernel), merged, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(_np(plain.bias), factors["bias"])
+    x = np.random.default_rng(22).normal(size=(5, LORA_INPUT)).astype("float32")
+    expected = np.einsum("bi,nio->bno", x, merged) + factors["bias"]
+    np.testing.assert_allclose(_np(plain_model(x)), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_lora_layer_loads_the_merged_kernel_and_zero_factors(tmp_path):
+    factors = _fine_tuned_factors(23)
+    model, _ = _lora_parallel_model(factors, "lora_weights")
+    x = np.random.default_rng(24).normal(size=(5, LORA_INPUT)).astype("float32")
+    path = str(tmp_path / "lora.weights.h5")
+    model.save_weights(path)
+    twin, twin_layer = _lora_parallel_model(_fine_tuned_factors(25), "lora_twin")
+    twin.load_weights(path)
+    assert twin_layer.lora_enabled
+    # `b` restarts from zero; `a` keeps values, so fine-tuning can go on.
+    np.testing.assert_array_equal(_np(twin_layer.lora_kernel_b), 0.0)
+    assert np.abs(_np(twin_layer.lora_kernel_a)).max() > 0
+    np.testing.assert_allclose(
+        _np(twin_layer._kernel), _numpy_merged_kernel(factors), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_array_equal(_np(twin(x)), _np(model(x)))
+
+
+def test_lora_keras_round_trip_in_safe_mode(tmp_path):
+    factors = _fine_tuned_factors(26)
+    model, _ = _lora_parallel_model(factors, "lora_keras")
+    x = np.random.default_rng(27).normal(size=(5, LORA_INPUT)).astype("float32")
+    path = str(tmp_path / "lora.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    layer = loaded.layers[0]
+    assert layer.lora_enabled and layer.lora_rank == LORA_RANK
+    assert not layer._kernel.trainable
+    np.testing.assert_array_equal(_np(layer.lora_kernel_b), 0.0)
+    np.testing.assert_array_equal(_np(loaded(x)), _np(model(x)))
+    # Fine-tuning goes on from the merged kernel: `b` trains, the kernel stays.
+    loaded.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    loaded.fit(x, np.ones((5, LORA_BRANCHES, LORA_UNITS)), epochs=1, verbose=0)
+    assert np.abs(_np(layer.lora_kernel_b)).max() > 0
+    np.testing.assert_allclose(
+        _np(layer._kernel), _numpy_merged_kernel(factors), rtol=1e-5, atol=1e-5
+    )
+
+
+def test_lora_saving_matches_keras_dense(tmp_path):
+    factors = _fine_tuned_factors(28)
+    model, layer = _lora_parallel_model(factors, "lora_vs_dense")
+    peers = _lora_dense_models(factors)
+    x = np.random.default_rng(29).normal(size=(5, LORA_INPUT)).astype("float32")
+    model.save(tmp_path / "parallel.keras")
+    loaded = keras.saving.load_model(tmp_path / "parallel.keras", safe_mode=True)
+    outputs = _np(loaded(x))
+    split = layer.to_layers()
+    for n, peer in enumerate(peers):
+        peer.save(tmp_path / f"dense_{n}.keras")
+        peer_loaded = keras.saving.load_model(
+            tmp_path / f"dense_{n}.keras", safe_mode=True
+        )
+        peer_layer = peer_loaded.layers[0]
+        # Keras' Dense saved its merged kernel and zeroed `b` too.
+        np.testing.assert_array_equal(_np(peer_layer.lora_kernel_b), 0.0)
+        np.testing.assert_allclose(
+            _np(loaded.layers[0]._kernel[n]),
+            _np(peer_layer._kernel),
+            rtol=1e-6,
+            atol=1e-6,
+        )
+        np.testing.assert_allclose(
+            outputs[:, n], _np(peer_loaded(x)), rtol=1e-5, atol=1e-5
+        )
+        np.testing.assert_allclose(_np(split[n](x)), _np(peer(x)), rtol=1e-5, atol=1e-5)
+        assert not split[n].lora_enabled
+
+
+def test_loading_weights_of_another_shape_fails_clearly(tmp_path):
+    without_bias = keras.Sequential(
+        [keras.Input((4,)), ParallelDense(3, 2, use_bias=False, name=_name("nb"))]
+    )
+    path = str(tmp_path / "no_bias.weights.h5")
+    without_bias.save_weights(path)
+    with_bias = keras.Sequential(
+        [keras.Input((4,)), ParallelDense(3, 2, name=_name("wb"))]
+    )
+    with pytest.raises(ValueError, match=r"expected 2 \(kernel, bias\)"):
+        with_bias.load_weights(path)

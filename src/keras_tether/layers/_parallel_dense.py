@@ -49,7 +49,14 @@ class ParallelDense(keras.layers.Layer):
     `to_layers` splits it again; both copy the weights exactly.
 
     `enable_lora(rank)` gives every branch its own low-rank update, as
-    `Dense.enable_lora` does for one layer. Quantization is not supported:
+    `Dense.enable_lora` does for one layer. Saving follows `Dense` too: the
+    saved kernel has each branch's update merged into it and the LoRA
+    factors are not saved; loading puts that kernel in the frozen kernel and
+    sets `b` to zero, so the outputs are those of the fine-tuned layer. (A
+    loaded `Dense` also zeroes `a`, which stops its LoRA from learning;
+    here `a` keeps its initial values and a loaded layer can be fine-tuned
+    again.) `to_layers` gives
+    `Dense` layers holding the merged kernels. Quantization is not supported:
     `quantize` raises `NotImplementedError` (so `Model.quantize` warns and
     skips the layer); split the layer with `to_layers` to quantize branches.
 
@@ -341,6 +348,36 @@ class ParallelDense(keras.layers.Layer):
         self.lora_enabled = True
         self.lora_rank = rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else rank
+
+    def save_own_variables(self, store: Any) -> None:
+        # As Keras' `Dense` does: with LoRA enabled, each branch's update is
+        # merged into the saved kernel and the LoRA factors are not saved,
+        # so a fine-tuned layer saves as a plain one with the same outputs.
+        if not self.built:
+            return
+        store["0"] = self.kernel
+        if self.bias is not None:
+            store["1"] = self.bias
+
+    def load_own_variables(self, store: Any) -> None:
+        if not self.built:
+            return
+        expected = "1 (the kernel)" if self.bias is None else "2 (kernel, bias)"
+        if len(store.keys()) != int(expected[0]):
+            raise ValueError(
+                f"Layer '{self.name}' (`ParallelDense`) expected {expected} "
+                f"saved variables, but received {len(store.keys())} variables "
+                "during loading."
+            )
+        self._kernel.assign(store["0"])
+        if self.bias is not None:
+            self.bias.assign(store["1"])
+        if self.lora_enabled:
+            # The loaded kernel already holds the update, so the update
+            # restarts from zero. Only `b` is zeroed: `Dense` zeroes `a` as
+            # well, which leaves both factors with zero gradients, so its
+            # loaded LoRA can no longer learn; `a` keeps its initial values.
+            self.lora_kernel_b.assign(ops.zeros(self.lora_kernel_b.shape))
 
     def quantize(self, mode: Any = None, type_check: bool = True, config: Any = None):
         raise NotImplementedError(
