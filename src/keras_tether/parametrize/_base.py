@@ -143,6 +143,12 @@ def serialize(parametrization: Parametrization) -> dict[str, Any]:
         A JSON-compatible dict that `deserialize` turns back into an equal
         parametrization (without its variables).
 
+    Raises:
+        ValueError: If the class is not registered with
+            `keras.saving.register_keras_serializable` (nor given in a
+            `keras.saving.custom_object_scope`), or if `from_config` cannot
+            rebuild it from its `get_config`.
+
     Example:
 
     >>> from keras_tether import parametrize
@@ -156,6 +162,26 @@ def serialize(parametrization: Parametrization) -> dict[str, Any]:
             f"Received: parametrization={parametrization!r} of type "
             f"{type(parametrization).__name__}"
         )
+    cls = type(parametrization)
+    if (
+        keras.saving.get_registered_object(keras.saving.get_registered_name(cls))
+        is not cls
+    ):
+        raise ValueError(
+            f"The parametrization class `{cls.__qualname__}` is not registered, "
+            "so a saved model could not be loaded (with `safe_mode=True` or in "
+            "another process). Decorate it with "
+            '`@keras.saving.register_keras_serializable(package="...")`.'
+        )
+    try:
+        cls.from_config(parametrization.get_config())
+    except Exception as error:
+        raise ValueError(
+            f"`{cls.__qualname__}.from_config(get_config())` fails, so a saved "
+            "model could not be loaded: give the class a `get_config` that "
+            "returns its constructor arguments. The error was: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     return keras.saving.serialize_keras_object(parametrization)
 
 
