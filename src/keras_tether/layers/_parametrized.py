@@ -196,7 +196,15 @@ class Parametrized(keras.layers.Layer):
     set instead (Haar-distributed for `Orthogonal`). Variables that a
     parametrization needs for itself (the magnitude of `WeightNorm`, the power
     iteration state of `SpectralNorm`) belong to this wrapper and are named
-    `<weight>_<variable>`.
+    `<weight>_<variable>`. Free parameters of shapes of their own (the
+    factors of `LowRank`) are variables of this wrapper too, named the same
+    way; the layer's own variable is then set aside (neither trained nor
+    counted, saved as the computed weight) until `remove()`.
+
+    A weight regularizer of the wrapped layer (`kernel_regularizer`)
+    penalises the computed weight `P(free)`, the one the layer uses, not the
+    free parameter. A weight constraint (`kernel_constraint`) on a
+    parametrized weight is refused: the parametrization is the constraint.
 
     Read the constrained value with `parametrized_weight(name)` (or
     `layer.<name>`), the free variable with `free_weight(name)`. `remove()`
