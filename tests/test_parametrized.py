@@ -729,3 +729,110 @@ def test_pickle_and_deepcopy_keep_the_parametrization():
         assert wrapper.layer is not model.layers[1].layer
         kernel = to_numpy(wrapper.parametrized_weight("kernel"))
         assert _orthonormal_error(kernel) < 1e-5
+
+
+def test_weight_regularizer_penalises_the_parametrized_weight():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(16, 6)).astype("float32")
+    inputs = keras.Input((6,))
+    orthogonal = Parametrized(
+        keras.layers.Dense(4, kernel_regularizer=keras.regularizers.L2(0.1)),
+        {"kernel": parametrize.Orthogonal()},
+    )
+    low_rank = Parametrized(
+        keras.layers.Dense(3, kernel_regularizer=keras.regularizers.L1(0.01)),
+        {"kernel": parametrize.LowRank(2)},
+    )
+    model = keras.Model(inputs, low_rank(orthogonal(inputs)))
+    model.compile(keras.optimizers.SGD(0.1), "mse")
+    model.fit(x, rng.normal(size=(16, 3)), epochs=2, verbose=0)
+    # Scaling the free parameter leaves its Q factor, the weight, unchanged.
+    free = orthogonal.free_weight("kernel")
+    free.assign(3.0 * to_numpy(free))
+    assert abs(0.1 * np.sum(to_numpy(free) ** 2) - 0.4) > 1.0
+    factors = low_rank.free_weight("kernel")
+    product = to_numpy(factors["left"]) @ to_numpy(factors["right"])
+    # ||W||_F^2 of a 6 x 4 matrix with orthonormal columns is 4.
+    expected = [0.4, 0.01 * np.abs(product).sum()]
+    np.testing.assert_allclose(
+        sorted(map(float, model.losses)), sorted(expected), rtol=1e-5
+    )
+    # The losses `fit` minimises include the penalty on the computed weight.
+    evaluated = model.evaluate(x, np.zeros((16, 3)), verbose=0)
+    plain = np.mean(to_numpy(model(x)) ** 2)
+    np.testing.assert_allclose(evaluated, plain + sum(expected), rtol=1e-4)
+    dense = orthogonal.remove()
+    assert isinstance(dense.kernel.regularizer, keras.regularizers.L2)
+    np.testing.assert_allclose(float(dense.losses[0]), 0.4, rtol=1e-5)
+
+
+def test_weight_constraint_of_a_parametrized_weight_is_refused():
+    dense = keras.layers.Dense(3, kernel_constraint=keras.constraints.NonNeg())
+    wrapper = Parametrized(dense, {"kernel": parametrize.Positive()})
+    with pytest.raises(ValueError, match="kernel_constraint=None"):
+        wrapper.build((None, 4))
+    # A constraint on another weight stays with it.
+    dense = keras.layers.Dense(3, bias_constraint=keras.constraints.NonNeg())
+    wrapper = Parametrized(dense, {"kernel": parametrize.Positive()})
+    wrapper.build((None, 4))
+    assert isinstance(dense.bias.constraint, keras.constraints.NonNeg)
+
+
+@keras.saving.register_keras_serializable(package="keras_tether_tests")
+class _Scaled(parametrize.Parametrization):
+    def __init__(self, factor=2.0):
+        super().__init__()
+        self.factor = factor
+
+    def __call__(self, free):
+        return self.factor * keras.ops.tanh(free)
+
+    def right_inverse(self, value):
+        return keras.ops.arctanh(keras.ops.clip(value / self.factor, -0.99, 0.99))
+
+    def get_config(self):
+        return {"factor": self.factor}
+
+
+def test_registered_user_parametrization_round_trips_with_safe_mode(tmp_path):
+    inputs = keras.Input((4,))
+    wrapper = Parametrized(keras.layers.Dense(3), {"kernel": _Scaled(0.5)})
+    model = keras.Model(inputs, wrapper(inputs))
+    x = np.random.default_rng(8).normal(size=(5, 4)).astype("float32")
+    kernel = to_numpy(wrapper.parametrized_weight("kernel"))
+    assert np.abs(kernel).max() < 0.5
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path, safe_mode=True)
+    assert loaded.layers[1].parametrizations["kernel"].factor == 0.5
+    np.testing.assert_allclose(
+        loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6
+    )
+
+
+def test_unregistered_or_unrebuildable_parametrizations_are_refused(tmp_path):
+    class Unregistered(parametrize.Parametrization):
+        def __call__(self, free):
+            return free
+
+        def right_inverse(self, value):
+            return value
+
+    class NoConfig(_Scaled):
+        def get_config(self):
+            return {"factor": self.factor, "extra": 1}
+
+    with pytest.raises(TypeError, match="Parametrization"):
+        Parametrized(keras.layers.Dense(3), {"kernel": lambda w: w})
+    inputs = keras.Input((4,))
+    model = keras.Model(
+        inputs,
+        Parametrized(keras.layers.Dense(3), {"kernel": Unregistered()})(inputs),
+    )
+    with pytest.raises(ValueError, match="`.*Unregistered` is not registered"):
+        model.save(str(tmp_path / "model.keras"))
+    with keras.saving.custom_object_scope({"Unregistered": Unregistered}):
+        model.get_config()
+    keras.saving.register_keras_serializable(package="keras_tether_tests")(NoConfig)
+    with pytest.raises(ValueError, match="from_config.*extra"):
+        parametrize.serialize(NoConfig())

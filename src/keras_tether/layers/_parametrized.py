@@ -60,14 +60,59 @@ class _AsBaseClass:
 
 def _save_own_variables(layer, store):
     # The layer's own saving reads its weights by attribute: it must see its
-    # variables (the free parameters), not the computed values.
-    with _AsBaseClass(layer) as plain:
+    # variables (the free parameters), not the computed values. Variables set
+    # aside for free parameters of another shape are saved as the computed
+    # weight, so the layer's entries keep the plain layer's layout.
+    wrapper = layer._parametrized_holder.wrapper
+    for binding in wrapper._bindings.values():
+        if binding.free is not None:
+            binding.variable.assign(wrapper._compute(binding))
+    with _AsBaseClass(layer) as plain, _SetAsideShown(wrapper):
         plain.save_own_variables(store)
 
 
 def _load_own_variables(layer, store):
-    with _AsBaseClass(layer) as plain:
+    wrapper = layer._parametrized_holder.wrapper
+    with _AsBaseClass(layer) as plain, _SetAsideShown(wrapper):
         plain.load_own_variables(store)
+
+
+def _set_aside(layer, variable) -> int:
+    """Takes `variable` out of `layer`'s weights; returns where it was."""
+    variables = layer._trainable_variables
+    store = "trainable_variables"
+    if not any(v is variable for v in variables):
+        variables = layer._non_trainable_variables
+        store = "non_trainable_variables"
+    index = next(i for i, v in enumerate(variables) if v is variable)
+    del variables[index]
+    layer._tracker.stored_ids[store].discard(id(variable))
+    return index
+
+
+def _put_back(layer, variable, index: int) -> None:
+    """Puts `variable` back among `layer`'s weights, where it was."""
+    store = "trainable_variables" if variable.trainable else "non_trainable_variables"
+    layer._tracker.config[store][1].insert(index, variable)
+    layer._tracker.stored_ids[store].add(id(variable))
+
+
+class _SetAsideShown:
+    """Shows the set-aside variables among the layer's own for a `with` block."""
+
+    def __init__(self, wrapper):
+        self.bindings = [b for b in wrapper._bindings.values() if b.free is not None]
+        self.layer = wrapper.layer
+
+    # Each index was taken after the earlier bindings' variables were set
+    # aside, so they go back in the reverse order.
+    def __enter__(self):
+        for binding in reversed(self.bindings):
+            _put_back(self.layer, binding.variable, binding.index)
+
+    def __exit__(self, *exc_info):
+        for binding in self.bindings:
+            _set_aside(self.layer, binding.variable)
 
 
 def _parametrized_class(cls: type, names: tuple[str, ...]) -> type:
@@ -92,14 +137,42 @@ def _parametrized_class(cls: type, names: tuple[str, ...]) -> type:
 class _Binding:
     """What `Parametrized` knows about one parametrized weight."""
 
-    __slots__ = ("name", "parametrization", "variable", "dependencies")
+    # `free` holds the wrapper's variables of a parametrization whose free
+    # parameters have their own shapes (`variable` is then set aside, at
+    # `index` among the layer's weights); it is None when `variable` holds
+    # the free parameter. `regularizer` is the variable's own, moved to act
+    # on the computed weight. `dependencies` lists every variable that
+    # P(free) reads, for `parametrize.cached()`.
+    __slots__ = (
+        "dependencies",
+        "free",
+        "index",
+        "name",
+        "parametrization",
+        "regularizer",
+        "variable",
+    )
 
     def __init__(self, name, parametrization, variable, own_variables=()):
         self.name = name
         self.parametrization = parametrization
         self.variable = variable
-        # Every variable that P(free) reads, for `parametrize.cached()`.
         self.dependencies = (variable, *own_variables)
+        self.free = None
+        self.index = None
+        self.regularizer = None
+
+
+class _RegularizeComputedWeight:
+    """A weight regularizer that penalises `P(free)`, not the free parameter."""
+
+    def __init__(self, wrapper, binding):
+        self.holder = _WrapperHolder(wrapper)
+        self.binding = binding
+
+    def __call__(self, free):
+        binding = self.binding
+        return binding.regularizer(self.holder.wrapper._compute(binding))
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -134,7 +207,15 @@ class Parametrized(keras.layers.Layer):
     set instead (Haar-distributed for `Orthogonal`). Variables that a
     parametrization needs for itself (the magnitude of `WeightNorm`, the power
     iteration state of `SpectralNorm`) belong to this wrapper and are named
-    `<weight>_<variable>`.
+    `<weight>_<variable>`. Free parameters of shapes of their own (the
+    factors of `LowRank`) are variables of this wrapper too, named the same
+    way; the layer's own variable is then set aside (neither trained nor
+    counted, saved as the computed weight) until `remove()`.
+
+    A weight regularizer of the wrapped layer (`kernel_regularizer`)
+    penalises the computed weight `P(free)`, the one the layer uses, not the
+    free parameter. A weight constraint (`kernel_constraint`) on a
+    parametrized weight is refused: the parametrization is the constraint.
 
     Read the constrained value with `parametrized_weight(name)` (or
     `layer.<name>`), the free variable with `free_weight(name)`. `remove()`
@@ -253,6 +334,7 @@ class Parametrized(keras.layers.Layer):
         layer = self.layer
         for name, parametrization in self._parametrizations.items():
             variable = _find_variable(layer, name)
+            _check_no_constraint(layer, name, variable)
             shape = tuple(variable.shape)
             own_variables = []
 
@@ -262,15 +344,35 @@ class Parametrized(keras.layers.Layer):
                 return created
 
             parametrization.build(shape, add_weight)
+            binding = _Binding(name, parametrization, variable)
+            free_shapes = parametrization.free_shapes(shape)
+            if free_shapes is not None:
+                binding.free = {
+                    key: add_weight(
+                        key, shape=free_shape, initializer="zeros", dtype=variable.dtype
+                    )
+                    for key, free_shape in free_shapes.items()
+                }
             if self.initial == "sample":
                 seed = None if self.seed is None else self.seed + len(self._bindings)
                 free = parametrization.sample(shape, seed=seed)
             else:
                 free = parametrization.right_inverse(ops.convert_to_tensor(variable))
-            variable.assign(ops.cast(free, variable.dtype))
-            self._bindings[name] = _Binding(
-                name, parametrization, variable, own_variables
-            )
+            if binding.free is None:
+                variable.assign(ops.cast(free, variable.dtype))
+                regularized = variable
+            else:
+                for key, free_variable in binding.free.items():
+                    free_variable.assign(ops.cast(free[key], free_variable.dtype))
+                binding.index = _set_aside(layer, variable)
+                regularized = next(iter(binding.free.values()))
+            if variable.regularizer is not None:
+                binding.regularizer = variable.regularizer
+                regularized.regularizer = _RegularizeComputedWeight(self, binding)
+            # Every variable P(free) reads: the free parameter (or the
+            # wrapper's free factors) and the parametrization's own state.
+            binding.dependencies = (variable, *own_variables)
+            self._bindings[name] = binding
         names = tuple(sorted(self._bindings))
         object.__setattr__(layer, "_parametrized_holder", _WrapperHolder(self))
         layer.__class__ = _parametrized_class(type(layer), names)
@@ -281,8 +383,13 @@ class Parametrized(keras.layers.Layer):
         return dict(self._parametrizations)
 
     def free_weight(self, name: str):
-        """The variable that holds the free parameter of weight `name`."""
-        return self._binding(name).variable
+        """The variable that holds the free parameter of weight `name`.
+
+        For a parametrization with free parameters of their own shapes
+        (`LowRank`), a dict of this wrapper's variables, by name.
+        """
+        binding = self._binding(name)
+        return binding.variable if binding.free is None else dict(binding.free)
 
     def parametrized_weight(self, name: str):
         """The constrained value `P(free)` of weight `name`, in the variable dtype."""
@@ -294,8 +401,7 @@ class Parametrized(keras.layers.Layer):
         values = {}
         for name, binding in self._bindings.items():
             if training and _has_update(binding.parametrization):
-                free = ops.convert_to_tensor(binding.variable)
-                binding.parametrization.update(free)
+                binding.parametrization.update(_read_free(binding))
             values[name] = self._compute(binding)
         self._call_values = values
         try:
@@ -331,10 +437,24 @@ class Parametrized(keras.layers.Layer):
         if not self._bindings:
             self._removed = True
             return self.layer
+        if not bake:
+            for name, binding in self._bindings.items():
+                if binding.free is not None:
+                    raise ValueError(
+                        f"The free parameters of weight {name!r} "
+                        f"({type(binding.parametrization).__name__}) do not have "
+                        "its shape, so they cannot stay in its variable. Call "
+                        "`remove(bake=True)`."
+                    )
         values = {name: self._compute(b) for name, b in self._bindings.items()}
         layer = self.layer
         layer.__class__ = type(layer)._parametrized_base_class
         object.__delattr__(layer, "_parametrized_holder")
+        for binding in reversed(self._bindings.values()):
+            if binding.free is not None:
+                _put_back(layer, binding.variable, binding.index)
+            elif binding.regularizer is not None:
+                binding.variable.regularizer = binding.regularizer
         if bake:
             for name, binding in self._bindings.items():
                 binding.variable.assign(values[name])
@@ -405,18 +525,38 @@ class Parametrized(keras.layers.Layer):
 
 
 def _compute_value(binding: _Binding):
-    variable = binding.variable
-    free = ops.convert_to_tensor(variable)
-    # Read outside this wrapper's call, the variable may come autocast to a
-    # lower precision; the map runs in the variable dtype regardless.
-    if keras.backend.standardize_dtype(free.dtype) != variable.dtype:
-        free = ops.cast(free, variable.dtype)
-    return binding.parametrization(free)
+    return binding.parametrization(_read_free(binding))
 
 
 def _has_update(parametrization: Parametrization) -> bool:
     # Most parametrizations keep no state: skip the extra read and call.
     return type(parametrization).update is not Parametrization.update
+
+
+def _read_free(binding: _Binding):
+    # Read outside this wrapper's call, a variable may come autocast to a
+    # lower precision; the map runs in the variable dtype regardless (and
+    # casts only when the dtypes differ).
+    def read(variable):
+        value = ops.convert_to_tensor(variable)
+        if keras.backend.standardize_dtype(value.dtype) != variable.dtype:
+            value = ops.cast(value, variable.dtype)
+        return value
+
+    if binding.free is None:
+        return read(binding.variable)
+    return {key: read(variable) for key, variable in binding.free.items()}
+
+
+def _check_no_constraint(layer, name: str, variable) -> None:
+    if variable.constraint is not None:
+        raise ValueError(
+            f"Weight {name!r} of layer '{layer.name}' has a constraint "
+            f"({variable.constraint!r}). A parametrized weight is constrained "
+            "by its parametrization; a constraint would project the free "
+            "parameter after each step, not the weight. Create the layer "
+            f"without it (`{name}_constraint=None`)."
+        )
 
 
 def _check_parametrizations(parametrizations) -> dict[str, Parametrization]:

@@ -9,6 +9,7 @@ computes with a constrained weight.
 
 from keras_tether.parametrize._base import Parametrization, deserialize, serialize
 from keras_tether.parametrize._cached import cached
+from keras_tether.parametrize._low_rank import LowRank
 from keras_tether.parametrize._norm import UnitNorm, WeightNorm
 from keras_tether.parametrize._orthogonal import Orthogonal
 from keras_tether.parametrize._positive import Positive
@@ -17,6 +18,7 @@ from keras_tether.parametrize._spectral_norm import SpectralNorm
 from keras_tether.parametrize._symmetric import Skew, Symmetric
 
 __all__ = [
+    "LowRank",
     "Orthogonal",
     "Parametrization",
     "Positive",

@@ -32,6 +32,14 @@ class Parametrization:
     `Parametrized` layer, which saves them. `update(free)` runs once per
     training call, before `__call__`, for state that advances during training.
 
+    By default the free parameter has the shape of the weight and is the
+    layer's own variable. A parametrization whose free parameters have other
+    shapes (the two factors of `LowRank`) returns them from
+    `free_shapes(shape)`, a dict mapping names to shapes; `Parametrized` then
+    creates one variable per entry, named `<weight>_<name>`, and `__call__`,
+    `update`, `right_inverse` and `sample` take or return dicts of tensors
+    with those keys.
+
     `__call__` receives the free parameter as a tensor in the variable dtype
     (float32 under mixed precision) and must use `keras.ops` only, so it runs
     under `jit` on every backend. Register your own subclass with
@@ -73,6 +81,14 @@ class Parametrization:
                 by the `Parametrized` layer.
         """
         self._built_shape = tuple(shape)
+
+    def free_shapes(self, shape: Shape) -> dict[str, tuple[int, ...]] | None:
+        """The names and shapes of the free parameters of a weight of `shape`.
+
+        Returns `None` (the default) when the free parameter is one tensor of
+        the weight's own shape, stored in the layer's own variable.
+        """
+        return None
 
     def __call__(self, free: Tensor) -> Tensor:
         """Returns the constrained weight `P(free)`."""
@@ -127,6 +143,12 @@ def serialize(parametrization: Parametrization) -> dict[str, Any]:
         A JSON-compatible dict that `deserialize` turns back into an equal
         parametrization (without its variables).
 
+    Raises:
+        ValueError: If the class is not registered with
+            `keras.saving.register_keras_serializable` (nor given in a
+            `keras.saving.custom_object_scope`), or if `from_config` cannot
+            rebuild it from its `get_config`.
+
     Example:
 
     >>> from keras_tether import parametrize
@@ -140,6 +162,26 @@ def serialize(parametrization: Parametrization) -> dict[str, Any]:
             f"Received: parametrization={parametrization!r} of type "
             f"{type(parametrization).__name__}"
         )
+    cls = type(parametrization)
+    if (
+        keras.saving.get_registered_object(keras.saving.get_registered_name(cls))
+        is not cls
+    ):
+        raise ValueError(
+            f"The parametrization class `{cls.__qualname__}` is not registered, "
+            "so a saved model could not be loaded (with `safe_mode=True` or in "
+            "another process). Decorate it with "
+            '`@keras.saving.register_keras_serializable(package="...")`.'
+        )
+    try:
+        cls.from_config(parametrization.get_config())
+    except Exception as error:
+        raise ValueError(
+            f"`{cls.__qualname__}.from_config(get_config())` fails, so a saved "
+            "model could not be loaded: give the class a `get_config` that "
+            "returns its constructor arguments. The error was: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     return keras.saving.serialize_keras_object(parametrization)
 
 
