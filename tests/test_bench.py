@@ -137,7 +137,16 @@ PARAMETRIZE_ROWS = [
 PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 14
 # The rows the other scenario modules add, with their targets.
 OTHER_ROWS = {
-    "parallel": [(*row, 1.0) for row in PARALLEL_ROWS],
+    "parallel": [(*row, 1.0) for row in PARALLEL_ROWS]
+    + [
+        (
+            f"first fit N={n}",
+            f"WeightedAverage over {n} inputs",
+            f"keras Average over {n} inputs",
+            3.0,
+        )
+        for n in (2, 3)
+    ],
     "routing": [
         (
             "mixture of experts",
