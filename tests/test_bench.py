@@ -97,7 +97,7 @@ def test_quick_run_reports_every_comparison(quick_run):
 STACKED = "ParallelDense x2 + WeightedAverage(branch_axis=1)"
 PARALLEL_ROWS = [
     (f"parallel N={n} {kind}", STACKED, f"{n} x (Dense, Dense) + WeightedAverage")
-    for n in (2, 3, 4)
+    for n in (2, 3, 4, 5)
     for kind in ("training", "predict")
 ]
 
@@ -140,12 +140,20 @@ OTHER_ROWS = {
     "parallel": [(*row, 1.0) for row in PARALLEL_ROWS]
     + [
         (
+            "per-branch product N=4 training",
+            "ParallelDense(per_branch_inputs=True)",
+            "4 x Dense on 4 inputs",
+            None,
+        )
+    ]
+    + [
+        (
             f"first fit N={n}",
             f"WeightedAverage over {n} inputs",
             f"keras Average over {n} inputs",
             3.0,
         )
-        for n in (2, 3)
+        for n in (2, 3, 4)
     ],
     "routing": [
         (
@@ -198,7 +206,10 @@ def test_quick_run_numbers_are_positive_and_consistent(quick_run):
         models = labels[row["benchmark"]]
         ours = np.array(models[row["ours"]]["round_ms"])
         baseline = np.array(models[row["baseline"]]["round_ms"])
-        assert len(ours) == len(baseline) == ROUNDS
+        # A first fit runs once per round in fresh processes, and once in a
+        # quick run.
+        rounds = 1 if row["benchmark"].startswith("first fit") else ROUNDS
+        assert len(ours) == len(baseline) == rounds
         assert np.all(ours > 0) and np.all(baseline > 0)
         assert row["ours_ms"] == pytest.approx(np.median(ours))
         assert row["baseline_ms"] == pytest.approx(np.median(baseline))
@@ -206,6 +217,23 @@ def test_quick_run_numbers_are_positive_and_consistent(quick_run):
         assert row["ratio"] == pytest.approx(np.median(ours / baseline))
     for comparison in comparisons.values():
         assert comparison["steps_per_round"] >= 1
+
+
+def test_quick_run_records_the_peak_memory_of_each_first_fit(quick_run):
+    _, result, _ = quick_run
+    first_fits = [c for c in result["comparisons"] if c["name"].startswith("first fit")]
+    assert [c["branches"] for c in first_fits] == [2, 3, 4]
+    for comparison in first_fits:
+        for model in comparison["models"].values():
+            assert len(model["round_peak_mb"]) == 1
+            assert math.isfinite(model["peak_mb"]) and model["peak_mb"] >= 0
+
+
+def test_a_failed_first_fit_process_raises_with_its_message():
+    from keras_tether._cli.bench.scenarios import _first_fit
+
+    with pytest.raises(RuntimeError, match="'median'.*Received: mixer='median'"):
+        _first_fit.measure(BACKEND, 2, "median", quick=True)
 
 
 def test_quick_run_counts_the_autoencoder_parameters(quick_run):

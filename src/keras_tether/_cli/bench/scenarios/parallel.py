@@ -6,11 +6,15 @@ The stacked form holds the same N MLPs in two `ParallelDense` layers (built
 with `from_layers` from the separate model's layers, so both start from the
 same weights) and mixes with `WeightedAverage(branch_axis=1)`.
 
-A second comparison times the first `train_on_batch` (trace and compile) of
+A second comparison times the per-branch product alone (each branch's own
+input times its own kernel), where stacking can only change how the
+products are computed: one batched product against N separate ones.
+
+A third comparison times the first `train_on_batch` (trace and compile) of
 the seed's list form mixed by `WeightedAverage` against the same branches
-mixed by `keras.layers.Average`: the cost of the mixing layer to a user
-waiting for training to start, at two branch counts so that its growth
-with N shows.
+mixed by `keras.layers.Average`, each in a fresh process: the cost of the
+mixing layer to a user waiting for training to start, and the peak memory
+it takes, at several branch counts so that their growth with N shows.
 """
 
 from __future__ import annotations
@@ -23,9 +27,10 @@ import keras
 import numpy as np
 
 from keras_tether._cli.bench.scenarios import Comparison, Context
+from keras_tether._cli.bench.scenarios import _first_fit as _first_fit_process
 from keras_tether._cli.bench.scenarios._data import random, tensors
 from keras_tether._cli.bench.schema import make_row
-from keras_tether._cli.bench.timing import Candidate, _jit_compile, train_step
+from keras_tether._cli.bench.timing import Candidate, train_step
 from keras_tether.layers import ParallelDense, WeightedAverage
 
 
@@ -40,18 +45,15 @@ class Sizes:
     classes: int
 
 
-# N=256 is left out of the full run: on 2 CPU cores the separate form's
-# first fit alone takes minutes on JAX at that size.
-FULL = Sizes(branches=(3, 16, 64), batch=512, features=64, hidden=64, classes=10)
-QUICK = Sizes(branches=(2, 3, 4), batch=16, features=8, hidden=8, classes=4)
+FULL = Sizes(branches=(3, 16, 64, 256), batch=512, features=64, hidden=64, classes=10)
+QUICK = Sizes(branches=(2, 3, 4, 5), batch=16, features=8, hidden=8, classes=4)
 
 
-# Branch counts of the first-fit comparison. JAX's first fit of the list
-# form takes about 10 s per model at N=64 on 2 CPU cores and minutes at
-# N=256, so the full run stops at 64; 16 and 64 show the growth.
-FIRST_FIT_BRANCHES = {"full": (16, 64), "quick": (2, 3)}
-# Each round builds and compiles both models afresh, so the full run times
-# only a few rounds.
+# Branch counts of the first-fit comparison: its growth with N, up to 256
+# (about half a minute per model on JAX on 2 CPU cores).
+FIRST_FIT_BRANCHES = {"full": (16, 64, 256), "quick": (2, 3, 4)}
+# Each round compiles both models afresh in new processes, so the full run
+# times only a few rounds.
 FIRST_FIT_ROUNDS = 3
 # Target of the first-fit comparison: WeightedAverage within 3x of Average.
 FIRST_FIT_TARGET = 3.0
@@ -167,29 +169,96 @@ def _compare(context: Context, branches: int, training: bool) -> Comparison:
     return Comparison(details, [row])
 
 
+def _product(context: Context) -> Comparison:
+    """The per-branch product alone: one batched product against N products.
+
+    Each of N branches multiplies its own input by its own kernel, once as
+    one `ParallelDense(per_branch_inputs=True)` on a `(batch, N, features)`
+    input and once as N `Dense` layers on N inputs, and the branches are
+    summed. No shared input, no mixing: this is the floor of what stacking
+    changes in the step, a batched matrix product (and its layout changes)
+    against as many separate ones.
+    """
+    sizes = QUICK if context.quick else FULL
+    branches = sizes.branches[-2]
+    rng = np.random.default_rng(3)
+    x = random((sizes.batch, branches, sizes.features), rng)
+    y = random((sizes.batch, sizes.hidden), rng)
+    inputs = keras.Input(shape=(branches, sizes.features))
+    products = ParallelDense(sizes.hidden, branches, per_branch_inputs=True)(inputs)
+    stacked = keras.Model(inputs, keras.ops.sum(products, axis=1))
+    separate_inputs = [keras.Input(shape=(sizes.features,)) for _ in range(branches)]
+    separate = keras.Model(
+        separate_inputs,
+        keras.layers.Add()(
+            [keras.layers.Dense(sizes.hidden)(i) for i in separate_inputs]
+        ),
+    )
+    stacked_data = tensors([x, y])
+    separate_data = tensors([np.ascontiguousarray(x[:, n]) for n in range(branches)])
+    (separate_y,) = tensors([y])
+    candidates = []
+    for key, label, model, data, target in (
+        (
+            "stacked",
+            "ParallelDense(per_branch_inputs=True)",
+            stacked,
+            stacked_data[0],
+            stacked_data[1],
+        ),
+        (
+            "separate",
+            f"{branches} x Dense on {branches} inputs",
+            separate,
+            separate_data,
+            separate_y,
+        ),
+    ):
+        model.compile(optimizer="adam", loss="mse")
+        candidates.append(Candidate(key, label, model, train_step(model, data, target)))
+    timing = context.time(candidates)
+    name = f"per-branch product N={branches} training"
+    details = {
+        "name": name,
+        "description": (
+            f"{branches} branches, each its own input ({sizes.features} features) "
+            f"times its own kernel (-> {sizes.hidden}), summed: one ParallelDense "
+            "with per_branch_inputs against separate Dense layers on separate "
+            "inputs, training step (train_on_batch, adam, mse)"
+        ),
+        "branches": branches,
+        "batch_size": sizes.batch,
+        **timing,
+    }
+    row = make_row(
+        name, timing, "stacked", "separate", baseline_kind="keras-layers", target=None
+    )
+    return Comparison(details, [row])
+
+
 def _first_fit(context: Context, branches: int) -> Comparison:
     sizes = QUICK if context.quick else FULL
-    x, y = _data(sizes)
-    rounds = (
-        context.budget.rounds
-        if context.quick
-        else min(context.budget.rounds, FIRST_FIT_ROUNDS)
-    )
+    # Each round starts two processes: one round suffices to check the
+    # quick run, which must stay fast.
+    rounds = 1 if context.quick else min(context.budget.rounds, FIRST_FIT_ROUNDS)
     mixers = {
-        "weighted": (f"WeightedAverage over {branches} inputs", WeightedAverage),
-        "average": (f"keras Average over {branches} inputs", keras.layers.Average),
+        "weighted": f"WeightedAverage over {branches} inputs",
+        "average": f"keras Average over {branches} inputs",
     }
     round_ms: dict[str, list[float]] = {key: [] for key in mixers}
+    peak_mb: dict[str, list[float]] = {key: [] for key in mixers}
     jit_compile = {}
     for index in range(rounds):
         # Alternate which model compiles first in a round.
         order = list(mixers) if index % 2 == 0 else list(reversed(mixers))
         for key in order:
-            model = _list_model(sizes, branches, mixers[key][1]())
-            jit_compile[key] = _jit_compile(model)
-            seconds = _first_step_seconds(train_step(model, x, y))
-            round_ms[key].append(seconds * 1000)
-            del model
+            # A fresh process each time: nothing compiled before helps.
+            result = _first_fit_process.measure(
+                context.backend, branches, key, context.quick
+            )
+            round_ms[key].append(result["seconds"] * 1000)
+            peak_mb[key].append(result["peak_mb"])
+            jit_compile[key] = result["jit_compile"]
     timing = {
         "steps_per_round": 1,
         "models": {
@@ -198,8 +267,10 @@ def _first_fit(context: Context, branches: int) -> Comparison:
                 "median_ms": float(np.median(round_ms[key])),
                 "round_ms": round_ms[key],
                 "jit_compile": jit_compile[key],
+                "peak_mb": float(np.median(peak_mb[key])),
+                "round_peak_mb": peak_mb[key],
             }
-            for key, (label, _) in mixers.items()
+            for key, label in mixers.items()
         },
     }
     name = f"first fit N={branches}"
@@ -209,7 +280,8 @@ def _first_fit(context: Context, branches: int) -> Comparison:
             f"first train_on_batch (trace and compile) of {branches} two-layer "
             f"MLPs ({sizes.features} -> {sizes.hidden}, relu -> {sizes.classes}) "
             "mixed over the list of their outputs by WeightedAverage against "
-            "keras Average; each round builds both models afresh"
+            "keras Average, each in a fresh process; peak_mb is the rise of "
+            "the process's peak resident memory during that first step"
         ),
         "branches": branches,
         "batch_size": sizes.batch,
@@ -256,8 +328,12 @@ def _scenarios() -> tuple:
         _scenario(index, training)
         for index in range(len(FULL.branches))
         for training in (True, False)
-    ) + tuple(
-        _first_fit_scenario(index) for index in range(len(FIRST_FIT_BRANCHES["full"]))
+    ) + (
+        _product,
+        *(
+            _first_fit_scenario(index)
+            for index in range(len(FIRST_FIT_BRANCHES["full"]))
+        ),
     )
 
 
