@@ -63,6 +63,16 @@ def measure(backend: str, branches: int, mixer: str, quick: bool) -> dict[str, A
 
 
 def _peak_bytes() -> int:
+    # Linux keeps a process's ru_maxrss across exec, so a child started by a
+    # large benchmark process would report its parent's peak; the memory
+    # map's own high-water mark (VmHWM) starts afresh with the new program.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * _RSS_UNIT
 
 

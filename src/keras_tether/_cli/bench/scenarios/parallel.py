@@ -169,7 +169,7 @@ def _compare(context: Context, branches: int, training: bool) -> Comparison:
     return Comparison(details, [row])
 
 
-def _product(context: Context) -> Comparison:
+def per_branch_product(context: Context) -> Comparison:
     """The per-branch product alone: one batched product against N products.
 
     Each of N branches multiplies its own input by its own kernel, once as
@@ -329,7 +329,7 @@ def _scenarios() -> tuple:
         for index in range(len(FULL.branches))
         for training in (True, False)
     ) + (
-        _product,
+        per_branch_product,
         *(
             _first_fit_scenario(index)
             for index in range(len(FIRST_FIT_BRANCHES["full"]))

@@ -108,11 +108,30 @@ def training_step(context: Context) -> Comparison:
             random((sizes.batch, sizes.units), rng),
         ]
     )
+    # The map alone: the same Orthogonal layer trained on a batch of one, so
+    # that what remains of the step is mostly P, its gradient and Adam. It
+    # bounds from below what an orthogonal kernel adds to a step.
+    one_x, one_y = tensors(
+        [random((1, sizes.units), rng), random((1, sizes.units), rng)]
+    )
+    map_alone = Parametrized(
+        keras.layers.Dense(sizes.units), {"kernel": parametrize.Orthogonal()}
+    )
     candidates = []
     for key, label, layer in _candidates(sizes.units):
         model = _model(sizes.units, layer, key)
         model.compile(optimizer="adam", loss="mse")
         candidates.append(Candidate(key, label, model, train_step(model, x, y)))
+    model = _model(sizes.units, map_alone, "orthogonal_map")
+    model.compile(optimizer="adam", loss="mse")
+    candidates.append(
+        Candidate(
+            "orthogonal_map",
+            "Parametrized Orthogonal on a batch of 1",
+            model,
+            train_step(model, one_x, one_y),
+        )
+    )
     timing = context.time(candidates)
     rows = []
     for key in ("positive", "weight_norm", "orthogonal", "spectral", "orthogonal_qr"):
@@ -139,13 +158,24 @@ def training_step(context: Context) -> Comparison:
                 target=None,
             )
         )
+    rows.append(
+        make_row(
+            "parametrized Dense training step",
+            timing,
+            "orthogonal_map",
+            "plain",
+            baseline_kind="keras-layers",
+            target=None,
+        )
+    )
     details = {
         "name": "parametrized Dense training step",
         "description": (
             f"Dense {sizes.units}x{sizes.units} with a constrained kernel, whole "
             "training step with adam and mse: Parametrized against a plain Dense "
             "and against the same constraint as a keras.constraints projection; "
-            "Orthogonal is the Cayley map, Orthogonal (QR) the QR map"
+            "Orthogonal is the Cayley map, Orthogonal (QR) the QR map; the "
+            "Orthogonal layer on a batch of 1 times mostly the map itself"
         ),
         "batch_size": sizes.batch,
         **timing,
