@@ -51,14 +51,16 @@ def test_right_inverse_is_the_best_approximation_eckart_young():
 
 
 def test_registration_projects_the_kernel_and_counts_free_parameters():
-    dense = keras.layers.Dense(6, kernel_regularizer=None)
+    # Explicit names: the paths must not depend on how many layers the
+    # session created before this test.
+    dense = keras.layers.Dense(6, name="inner")
     dense.build((None, 9))
     kernel = to_numpy(dense.kernel)
-    wrapper = Parametrized(dense, {"kernel": parametrize.LowRank(3)})
+    wrapper = Parametrized(dense, {"kernel": parametrize.LowRank(3)}, name="outer")
     assert [w.path for w in wrapper.weights] == [
-        "parametrized/kernel_left",
-        "parametrized/kernel_right",
-        "dense/bias",
+        "outer/kernel_left",
+        "outer/kernel_right",
+        "inner/bias",
     ]
     assert wrapper.count_params() == 3 * (9 + 6) + 6
     value = to_numpy(wrapper.parametrized_weight("kernel"))
