@@ -95,12 +95,6 @@ def test_quick_run_reports_every_comparison(quick_run):
 
 
 STACKED = "ParallelDense x2 + WeightedAverage(branch_axis=1)"
-PARALLEL_ROWS = [
-    (f"parallel N={n} {kind}", STACKED, f"{n} x (Dense, Dense) + WeightedAverage")
-    for n in (2, 3, 4, 5)
-    for kind in ("training", "predict")
-]
-
 _TRAINING = "parametrized Dense training step"
 _INFERENCE = "parametrized Dense inference step"
 PARAMETRIZE_ROWS = [
@@ -138,7 +132,30 @@ PARAMETRIZE_ROWS = [
 PARAMETRIZE_TARGETS = [1.3, 1.3, 3.0] + [None] * 15
 # The rows the other scenario modules add, with their targets.
 OTHER_ROWS = {
-    "parallel": [(*row, 1.0) for row in PARALLEL_ROWS]
+    "parallel": [
+        row
+        for n in (2, 3, 4, 5)
+        for row in (
+            (
+                f"parallel N={n} training",
+                STACKED,
+                f"{n} x (Dense, Dense) + WeightedAverage",
+                1.0,
+            ),
+            (
+                f"parallel N={n} training",
+                STACKED,
+                f"Dense({8 * n}, relu) + Dense(4), the same products unstacked",
+                None,
+            ),
+            (
+                f"parallel N={n} predict",
+                STACKED,
+                f"{n} x (Dense, Dense) + WeightedAverage",
+                1.0,
+            ),
+        )
+    ]
     + [
         (
             "per-branch product N=4 training",

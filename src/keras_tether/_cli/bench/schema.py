@@ -23,6 +23,8 @@ BASELINE_KINDS = {
     "fixed-mixture": "the same model mixed by one WeightedAverage for all examples",
     "other-option": "the same keras-tether model with another option of its own "
     "(another map, no cache)",
+    "matrix-floor": "the same matrix products as plain full-width Dense layers "
+    "with no branch structure: not the same model, a floor on the step time",
 }
 
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}

@@ -6,6 +6,13 @@ The stacked form holds the same N MLPs in two `ParallelDense` layers (built
 with `from_layers` from the separate model's layers, so both start from the
 same weights) and mixes with `WeightedAverage(branch_axis=1)`.
 
+Each training comparison also times a floor: one `Dense(N * hidden,
+relu)` and one `Dense(classes)` on the same input. Its two matrix products
+have the shapes of the stacked form's (the first the same, the second the
+same number of multiply-adds as the per-branch product) with no branch
+axis at all: no model with N branches trains faster than these two plain
+products. It shows how far a ratio target is from what the machine allows.
+
 A second comparison times the per-branch product alone (each branch's own
 input times its own kernel), where stacking can only change how the
 products are computed: one batched product against N separate ones.
@@ -92,6 +99,12 @@ def _models(sizes: Sizes, branches: int) -> tuple[keras.Model, keras.Model]:
     return separate, stacked
 
 
+def _floor_model(sizes: Sizes, branches: int) -> keras.Model:
+    inputs = keras.Input(shape=(sizes.features,))
+    hidden = keras.layers.Dense(branches * sizes.hidden, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(sizes.classes)(hidden), name="floor")
+
+
 def _list_model(sizes: Sizes, branches: int, mixer: keras.layers.Layer):
     inputs = keras.Input(shape=(sizes.features,))
     outputs = [
@@ -128,12 +141,22 @@ def _compare(context: Context, branches: int, training: bool) -> Comparison:
     sizes = QUICK if context.quick else FULL
     x, y = _data(sizes)
     separate, stacked = _models(sizes, branches)
-    candidates = []
-    first_step_s = {}
-    for key, label, model in (
+    compared = [
         ("stacked", "ParallelDense x2 + WeightedAverage(branch_axis=1)", stacked),
         ("separate", f"{branches} x (Dense, Dense) + WeightedAverage", separate),
-    ):
+    ]
+    if training:
+        compared.append(
+            (
+                "floor",
+                f"Dense({branches * sizes.hidden}, relu) + Dense({sizes.classes}), "
+                "the same products unstacked",
+                _floor_model(sizes, branches),
+            )
+        )
+    candidates = []
+    first_step_s = {}
+    for key, label, model in compared:
         if training:
             model.compile(
                 optimizer="adam",
@@ -165,15 +188,28 @@ def _compare(context: Context, branches: int, training: bool) -> Comparison:
         "first_step_s": first_step_s,
         **timing,
     }
-    row = make_row(
-        name,
-        timing,
-        "stacked",
-        "separate",
-        baseline_kind="keras-layers",
-        target=_target(context.backend, branches) if training else 1.0,
-    )
-    return Comparison(details, [row])
+    rows = [
+        make_row(
+            name,
+            timing,
+            "stacked",
+            "separate",
+            baseline_kind="keras-layers",
+            target=_target(context.backend, branches) if training else 1.0,
+        )
+    ]
+    if training:
+        rows.append(
+            make_row(
+                name,
+                timing,
+                "stacked",
+                "floor",
+                baseline_kind="matrix-floor",
+                target=None,
+            )
+        )
+    return Comparison(details, rows)
 
 
 def per_branch_product(context: Context) -> Comparison:
