@@ -15,7 +15,8 @@ products. It shows how far a ratio target is from what the machine allows.
 
 A second comparison times the per-branch product alone (each branch's own
 input times its own kernel), where stacking can only change how the
-products are computed: one batched product against N separate ones.
+products are computed: one batched product against N separate ones, and
+against the one `einsum` a user writes by hand over a stacked kernel.
 
 A third comparison times the first `train_on_batch` (trace and compile) of
 the seed's list form mixed by `WeightedAverage` against the same branches
@@ -212,6 +213,24 @@ def _compare(context: Context, branches: int, training: bool) -> Comparison:
     return Comparison(details, rows)
 
 
+class _EinsumProduct(keras.layers.Layer):
+    """Each branch's slice times its own kernel, as one hand-written einsum."""
+
+    def __init__(self, units: int, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        branches, features = input_shape[1], input_shape[2]
+        self.kernel = self.add_weight(
+            shape=(branches, features, self.units), initializer="glorot_uniform"
+        )
+        self.bias = self.add_weight(shape=(branches, self.units), initializer="zeros")
+
+    def call(self, inputs):
+        return keras.ops.einsum("bni,nio->bno", inputs, self.kernel) + self.bias
+
+
 def per_branch_product(context: Context) -> Comparison:
     """The per-branch product alone: one batched product against N products.
 
@@ -220,7 +239,9 @@ def per_branch_product(context: Context) -> Comparison:
     input and once as N `Dense` layers on N inputs, and the branches are
     summed. No shared input, no mixing: this is the floor of what stacking
     changes in the step, a batched matrix product (and its layout changes)
-    against as many separate ones.
+    against as many separate ones. A third model computes the products as
+    the batch-major `einsum("bni,nio->bno")` a user writes over a stacked
+    kernel, the layout `ParallelDense` chose against.
     """
     sizes = QUICK if context.quick else FULL
     branches = sizes.branches[-2]
@@ -228,8 +249,12 @@ def per_branch_product(context: Context) -> Comparison:
     x = random((sizes.batch, branches, sizes.features), rng)
     y = random((sizes.batch, sizes.hidden), rng)
     inputs = keras.Input(shape=(branches, sizes.features))
-    products = ParallelDense(sizes.hidden, branches, per_branch_inputs=True)(inputs)
-    stacked = keras.Model(inputs, keras.ops.sum(products, axis=1))
+    parallel = ParallelDense(sizes.hidden, branches, per_branch_inputs=True)
+    stacked = keras.Model(inputs, keras.ops.sum(parallel(inputs), axis=1))
+    einsum_inputs = keras.Input(shape=(branches, sizes.features))
+    by_hand = _EinsumProduct(sizes.hidden)
+    einsum = keras.Model(einsum_inputs, keras.ops.sum(by_hand(einsum_inputs), axis=1))
+    by_hand.set_weights(parallel.get_weights())
     separate_inputs = [keras.Input(shape=(sizes.features,)) for _ in range(branches)]
     separate = keras.Model(
         separate_inputs,
@@ -256,6 +281,13 @@ def per_branch_product(context: Context) -> Comparison:
             separate_data,
             separate_y,
         ),
+        (
+            "einsum",
+            'keras.ops.einsum("bni,nio->bno") by hand',
+            einsum,
+            stacked_data[0],
+            stacked_data[1],
+        ),
     ):
         model.compile(optimizer="adam", loss="mse")
         candidates.append(Candidate(key, label, model, train_step(model, data, target)))
@@ -273,10 +305,14 @@ def per_branch_product(context: Context) -> Comparison:
         "batch_size": sizes.batch,
         **timing,
     }
-    row = make_row(
-        name, timing, "stacked", "separate", baseline_kind="keras-layers", target=None
-    )
-    return Comparison(details, [row])
+    rows = [
+        make_row(name, timing, "stacked", baseline, baseline_kind=kind, target=None)
+        for baseline, kind in (
+            ("separate", "keras-layers"),
+            ("einsum", "hand-written-ops"),
+        )
+    ]
+    return Comparison(details, rows)
 
 
 def _first_fit(context: Context, branches: int) -> Comparison:
