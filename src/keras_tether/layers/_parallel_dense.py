@@ -260,12 +260,16 @@ class ParallelDense(keras.layers.Layer):
                 (input_dim, self.branches * self.units),
             )
             outputs = ops.matmul(inputs, side_by_side)
+            if self.bias is not None:
+                # Added before the branch axis is split off: XLA on CPU fuses
+                # a bias of the product's own shape into the product and not
+                # one broadcast over a new axis (measured 14 ms of 53 in a
+                # JAX predict step of 256 branches, batch 512).
+                outputs = outputs + ops.reshape(self.bias, (-1,))
             outputs = ops.reshape(
                 outputs,
                 tuple(ops.shape(inputs)[:-1]) + (self.branches, self.units),
             )
-            if self.bias is not None:
-                outputs = outputs + self.bias
             if len(inputs.shape) > 2:
                 outputs = ops.moveaxis(outputs, -2, 1)
         if self.activation is not None:
