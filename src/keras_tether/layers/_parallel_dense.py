@@ -263,8 +263,8 @@ class ParallelDense(keras.layers.Layer):
             if self.bias is not None:
                 # Added before the branch axis is split off: XLA on CPU fuses
                 # a bias of the product's own shape into the product and not
-                # one broadcast over a new axis (measured 14 ms of 53 in a
-                # JAX predict step of 256 branches, batch 512).
+                # one broadcast over a new axis (the bench's JAX predict step
+                # of 256 branches: 1.13x the separate form instead of 1.54x).
                 outputs = outputs + ops.reshape(self.bias, (-1,))
             outputs = ops.reshape(
                 outputs,
