@@ -548,12 +548,16 @@ def test_data_parallel_on_virtual_devices(tmp_path):
         model.fit(x, x[:, :3], batch_size=16, epochs=2, verbose=0)
         ka = numpy(a.parametrized_weight("kernel"))
         kb = numpy(b.parametrized_weight("kernel"))
+        free = numpy(b.free_weight("kernel"))
+        u = numpy(b.weights[0]) / np.linalg.norm(numpy(b.weights[0]))
+        assert b.weights[0].path.endswith("kernel_u"), b.weights[0].path
         out = model.predict(x, verbose=0)
         manual = (x @ ka + numpy(a.layer.bias)) @ kb + numpy(b.layer.bias)
         print(json.dumps({
             "devices": len(devices),
             "orthogonal": float(np.abs(ka.T @ ka - np.eye(6)).max()),
             "sigma": float(np.linalg.svd(kb, compute_uv=False)[0]),
+            "formula_error": float(np.abs(kb - free / np.linalg.norm(free @ u)).max()),
             "u_moved": bool(not np.allclose(u0, numpy(b.weights[0]))),
             "predict_error": float(np.abs(out - manual).max()),
         }))
@@ -576,7 +580,11 @@ def test_data_parallel_on_virtual_devices(tmp_path):
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["devices"] == 8
     assert report["orthogonal"] < 1e-5
-    assert report["sigma"] == pytest.approx(1.0, abs=1e-2)
+    # One power-iteration step per training call: the kernel is the free
+    # parameter over ||free u|| with the stored u, exactly. That estimate never
+    # exceeds the true norm, and it follows it closely, not exactly.
+    assert report["formula_error"] < 1e-5
+    assert 1.0 - 1e-5 <= report["sigma"] < 1.2
     assert report["u_moved"]
     assert report["predict_error"] < 1e-4
     np.testing.assert_allclose(
