@@ -144,6 +144,69 @@ def test_qr_method_makes_each_matrix_of_a_stack_orthogonal(shape, batch_axes):
         np.testing.assert_allclose(matrices[..., :, 0], first, atol=1e-5)
 
 
+LARGE_SHAPES = [
+    ((150, 130), 0),  # past the block size, split unevenly twice
+    ((70, 200), 0),  # wide: the system is 70 x 70 after the transpose
+    ((2, 97, 97), 1),  # a stack of square matrices
+]
+
+
+@pytest.mark.parametrize("shape,batch_axes", LARGE_SHAPES, ids=str)
+def test_large_cayley_value_and_gradient_match_the_definition(shape, batch_axes):
+    # Systems larger than 64 x 64 are inverted by blocks on JAX and TensorFlow.
+    rng = np.random.default_rng(3)
+    p = _built(parametrize.Orthogonal(batch_axes=batch_axes), shape)
+    signs = rng.choice([-1.0, 1.0], size=tuple(p.signs.shape))
+    p.signs.assign(signs.astype("float32"))
+    free = 0.2 * rng.normal(size=shape)
+
+    def reference(x):
+        return _cayley_reference(x, signs, batch_axes)
+
+    value = to_numpy(p(keras.ops.convert_to_tensor(free, "float32")))
+    np.testing.assert_allclose(value, reference(free), atol=2e-5)
+    matrices = value.reshape(shape[:batch_axes] + (-1, shape[-1]))
+    assert _orthonormal_error(matrices) < 1e-5
+    # Too many entries for finite differences one by one: compare the
+    # derivative along random directions instead.
+    cotangent = rng.normal(size=shape)
+    grad = _gradient(p, free, cotangent).astype(np.float64)
+    for _ in range(3):
+        direction = rng.normal(size=shape)
+        step = 1e-5
+        expected = (
+            (reference(free + step * direction) - reference(free - step * direction))
+            * cotangent
+        ).sum() / (2 * step)
+        assert (grad * direction).sum() == pytest.approx(expected, rel=2e-3)
+
+
+def test_blocked_inverse_of_a_cayley_system_matches_numpy():
+    from keras_tether.parametrize._orthogonal import _by_blocks
+
+    rng = np.random.default_rng(4)
+    top = rng.normal(size=(3, 200, 200))
+    system = np.eye(200) + 0.5 * (top - np.swapaxes(top, -1, -2))
+    inverse = to_numpy(_by_blocks(keras.ops.convert_to_tensor(system, "float32")))
+    np.testing.assert_allclose(inverse, np.linalg.inv(system), atol=1e-5)
+
+
+def test_weights_far_from_the_identity_stay_orthogonal():
+    # Large free parameters give a Cayley system of norm ~700, where block
+    # elimination without pivoting loses accuracy: the residual check must
+    # notice and take the pivoted inverse instead.
+    from keras_tether.parametrize._orthogonal import _by_blocks
+
+    rng = np.random.default_rng(5)
+    free = 32.0 * rng.normal(size=(256, 256))
+    system = np.eye(256) + 0.5 * (free - free.T)
+    blocked = to_numpy(_by_blocks(keras.ops.convert_to_tensor(system, "float32")))
+    assert _orthonormal_error(2.0 * blocked.astype(np.float64) - np.eye(256)) > 1e-5
+    p = _built(parametrize.Orthogonal(), (256, 256))
+    value = to_numpy(p(keras.ops.convert_to_tensor(free, "float32")))
+    assert _orthonormal_error(value.astype(np.float64)) < 1e-5
+
+
 def _reflection(size, rng):
     vector = rng.normal(size=(size, 1))
     return np.eye(size) - 2.0 * vector @ vector.T / (vector.T @ vector)
