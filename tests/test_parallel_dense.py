@@ -164,16 +164,34 @@ def test_shared_input_matches_numpy(middle):
     assert layer.compute_output_shape((None, *middle, 6)) == (None, 3, *middle, 4)
 
 
-@pytest.mark.parametrize("middle", [(), (5,), (2, 3)])
-def test_per_branch_inputs_match_numpy(middle):
+# A few small branches on (batch, branches, features) take the block-diagonal
+# product; more branches, larger kernels or middle axes the branch-major one.
+@pytest.mark.parametrize(
+    "branches,middle,units,block_diagonal",
+    [
+        (3, (), 4, True),
+        (1, (), 4, True),
+        (3, (5,), 4, False),
+        (3, (2, 3), 4, False),
+        (5, (), 4, False),
+        (4, (), 3000, False),
+    ],
+)
+def test_per_branch_inputs_match_numpy(branches, middle, units, block_diagonal):
+    from keras_tether.layers._parallel_dense import _as_block_diagonal
+
     rng = np.random.default_rng(1)
     layer = ParallelDense(
-        4, 3, per_branch_inputs=True, bias_initializer="random_normal"
+        units, branches, per_branch_inputs=True, bias_initializer="random_normal"
     )
-    x = rng.normal(size=(2, 3, *middle, 6)).astype("float32")
+    x = rng.normal(size=(2, branches, *middle, 6)).astype("float32")
+    layer.build(x.shape)
+    assert _as_block_diagonal(x, layer.kernel) is block_diagonal
     y = _np(layer(x))
     kernel, bias = _np(layer.kernel), _np(layer.bias)
-    expected = np.stack([x[:, n] @ kernel[n] + bias[n] for n in range(3)], axis=1)
+    expected = np.stack(
+        [x[:, n] @ kernel[n] + bias[n] for n in range(branches)], axis=1
+    )
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -243,7 +243,17 @@ class ParallelDense(keras.layers.Layer):
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         self._check_branch_axis(tuple(inputs.shape))
         kernel = self.kernel
-        if self.per_branch_inputs:
+        if self.per_branch_inputs and _as_block_diagonal(inputs, kernel):
+            # A few small branches: one 2-D product against the block-diagonal
+            # kernel, with the bias added before the branch axis is split off.
+            outputs = ops.matmul(
+                ops.reshape(inputs, (-1, self.branches * kernel.shape[1])),
+                _block_diagonal(kernel),
+            )
+            if self.bias is not None:
+                outputs = outputs + ops.reshape(self.bias, (-1,))
+            outputs = ops.reshape(outputs, (-1, self.branches, self.units))
+        elif self.per_branch_inputs:
             outputs = _per_branch_product(inputs, kernel)
             if self.bias is not None:
                 middle = len(inputs.shape) - 3
@@ -642,6 +652,38 @@ def _check_dense_layers(layers: Any) -> list[keras.layers.Dense]:
                 f"layers[{index}] with input size {layer.kernel.shape[0]}"
             )
     return list(layers)
+
+
+# The block-diagonal product does `branches` times the work of the per-branch
+# products, and only pays where a step is made of small operations. Measured
+# with the bench's models and timing (alternating, medians; 3 branches of
+# 64 -> 10 after a shared 64 -> 64 layer, batch 512, the whole model against 3
+# separate `Dense` pairs, 2 CPU cores): JAX training 0.89 (branch-major 1.06),
+# predict 1.06 (1.47); TensorFlow training 1.19 (1.45), predict 1.06 (1.33);
+# PyTorch unchanged (0.73 against 0.72). At 16 branches it lost on TensorFlow
+# (predict 1.45 against 1.08).
+_BLOCK_DIAGONAL_BRANCHES = 4
+_BLOCK_DIAGONAL_ENTRIES = 256 * 256
+
+
+def _as_block_diagonal(inputs: Tensor, kernel: Tensor) -> bool:
+    """Whether to compute the per-branch products as one block-diagonal product."""
+    branches, input_dim, units = kernel.shape
+    return (
+        len(inputs.shape) == 3
+        and branches <= _BLOCK_DIAGONAL_BRANCHES
+        and branches * input_dim * branches * units <= _BLOCK_DIAGONAL_ENTRIES
+    )
+
+
+def _block_diagonal(kernel: Tensor) -> Tensor:
+    """`(branches * input_dim, branches * units)`, the kernels on the diagonal."""
+    branches, input_dim, units = kernel.shape
+    identity = ops.eye(branches, dtype=kernel.dtype)
+    spread = ops.expand_dims(kernel, 2) * ops.reshape(
+        identity, (branches, 1, branches, 1)
+    )
+    return ops.reshape(spread, (branches * input_dim, branches * units))
 
 
 def _per_branch_product(inputs: Tensor, kernel: Tensor) -> Tensor:
