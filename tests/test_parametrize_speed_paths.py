@@ -96,6 +96,14 @@ def _orthonormal_error(matrices):
     return np.abs(gram - np.eye(matrices.shape[-1])).max()
 
 
+def _with_random_signs(rng, shape, batch_axes):
+    """A built Cayley map with random column signs, and its numpy reference."""
+    p = _built(parametrize.Orthogonal(batch_axes=batch_axes), shape)
+    signs = rng.choice([-1.0, 1.0], size=tuple(p.signs.shape))
+    p.signs.assign(signs.astype("float32"))
+    return p, lambda x: _cayley_reference(x, signs, batch_axes)
+
+
 SHAPES = [
     ((5, 3), 0),
     ((3, 5), 0),
@@ -109,14 +117,8 @@ SHAPES = [
 @pytest.mark.parametrize("shape,batch_axes", SHAPES, ids=str)
 def test_cayley_value_and_gradient_match_the_definition(shape, batch_axes):
     rng = np.random.default_rng(0)
-    p = _built(parametrize.Orthogonal(batch_axes=batch_axes), shape)
-    signs = rng.choice([-1.0, 1.0], size=tuple(p.signs.shape))
-    p.signs.assign(signs.astype("float32"))
+    p, reference = _with_random_signs(rng, shape, batch_axes)
     free = rng.normal(size=shape)
-
-    def reference(x):
-        return _cayley_reference(x, signs, batch_axes)
-
     value = to_numpy(p(keras.ops.convert_to_tensor(free, "float32")))
     np.testing.assert_allclose(value, reference(free), atol=2e-5)
     cotangent = rng.normal(size=shape)
@@ -155,14 +157,8 @@ LARGE_SHAPES = [
 def test_large_cayley_value_and_gradient_match_the_definition(shape, batch_axes):
     # Systems larger than 64 x 64 are inverted by blocks on JAX and TensorFlow.
     rng = np.random.default_rng(3)
-    p = _built(parametrize.Orthogonal(batch_axes=batch_axes), shape)
-    signs = rng.choice([-1.0, 1.0], size=tuple(p.signs.shape))
-    p.signs.assign(signs.astype("float32"))
+    p, reference = _with_random_signs(rng, shape, batch_axes)
     free = 0.2 * rng.normal(size=shape)
-
-    def reference(x):
-        return _cayley_reference(x, signs, batch_axes)
-
     value = to_numpy(p(keras.ops.convert_to_tensor(free, "float32")))
     np.testing.assert_allclose(value, reference(free), atol=2e-5)
     matrices = value.reshape(shape[:batch_axes] + (-1, shape[-1]))
