@@ -245,13 +245,9 @@ class ParallelDense(keras.layers.Layer):
         kernel = self.kernel
         if self.per_branch_inputs and _as_block_diagonal(inputs, kernel):
             # A few small branches: one 2-D product against the block-diagonal
-            # kernel, with the bias added before the branch axis is split off.
-            outputs = ops.matmul(
-                ops.reshape(inputs, (-1, self.branches * kernel.shape[1])),
-                _block_diagonal(kernel),
-            )
-            if self.bias is not None:
-                outputs = outputs + ops.reshape(self.bias, (-1,))
+            # kernel.
+            flat_inputs = ops.reshape(inputs, (-1, self.branches * kernel.shape[1]))
+            outputs = self._flat_product(flat_inputs, _block_diagonal(kernel))
             outputs = ops.reshape(outputs, (-1, self.branches, self.units))
         elif self.per_branch_inputs:
             outputs = _per_branch_product(inputs, kernel)
@@ -269,13 +265,7 @@ class ParallelDense(keras.layers.Layer):
                 ops.transpose(kernel, (1, 0, 2)),
                 (input_dim, self.branches * self.units),
             )
-            outputs = ops.matmul(inputs, side_by_side)
-            if self.bias is not None:
-                # Added before the branch axis is split off: XLA on CPU fuses
-                # a bias of the product's own shape into the product and not
-                # one broadcast over a new axis (the bench's JAX predict step
-                # of 256 branches: 1.13x the separate form instead of 1.54x).
-                outputs = outputs + ops.reshape(self.bias, (-1,))
+            outputs = self._flat_product(inputs, side_by_side)
             outputs = ops.reshape(
                 outputs,
                 tuple(ops.shape(inputs)[:-1]) + (self.branches, self.units),
@@ -284,6 +274,16 @@ class ParallelDense(keras.layers.Layer):
                 outputs = ops.moveaxis(outputs, -2, 1)
         if self.activation is not None:
             outputs = self.activation(outputs)
+        return outputs
+
+    def _flat_product(self, inputs: Tensor, flat_kernel: Tensor) -> Tensor:
+        """`inputs @ flat_kernel + bias`, every branch's units side by side."""
+        outputs = ops.matmul(inputs, flat_kernel)
+        if self.bias is not None:
+            # Added before the branch axis is split off: XLA on CPU fuses a
+            # bias of the product's own shape into the product, and not one
+            # broadcast over a new axis.
+            outputs = outputs + ops.reshape(self.bias, (-1,))
         return outputs
 
     def compute_output_shape(self, input_shape: Shape) -> tuple:
@@ -655,13 +655,10 @@ def _check_dense_layers(layers: Any) -> list[keras.layers.Dense]:
 
 
 # The block-diagonal product does `branches` times the work of the per-branch
-# products, and only pays where a step is made of small operations. Measured
-# with the bench's models and timing (alternating, medians; 3 branches of
-# 64 -> 10 after a shared 64 -> 64 layer, batch 512, the whole model against 3
-# separate `Dense` pairs, 2 CPU cores): JAX training 0.89 (branch-major 1.06),
-# predict 1.06 (1.47); TensorFlow training 1.19 (1.45), predict 1.06 (1.33);
-# PyTorch unchanged (0.73 against 0.72). At 16 branches it lost on TensorFlow
-# (predict 1.45 against 1.08).
+# products, and only pays where a step is made of small operations: with 3
+# branches it beat the branch-major product on JAX and TensorFlow (torch was
+# unchanged), and with 16 it lost on TensorFlow. `make bench` times the
+# 3-branch model (`parallel N=3` rows).
 _BLOCK_DIAGONAL_BRANCHES = 4
 _BLOCK_DIAGONAL_ENTRIES = 256 * 256
 

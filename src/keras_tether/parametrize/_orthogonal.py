@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import keras
@@ -70,6 +71,15 @@ def _by_blocks(matrix: Tensor) -> Tensor:
     )
 
 
+@functools.cache
+def _probes(size: int) -> np.ndarray:
+    """`_PROBES` fixed unit vectors of length `size`, the same on every call."""
+    probes = np.random.default_rng(0).normal(size=(size, _PROBES))
+    probes = probes / np.linalg.norm(probes, axis=0)
+    probes.flags.writeable = False
+    return probes
+
+
 def _checked_inverse(matrix: Tensor) -> Tensor:
     """The blocked inverse where its residual is small, else a pivoted one."""
     size = matrix.shape[-1]
@@ -81,8 +91,7 @@ def _checked_inverse(matrix: Tensor) -> Tensor:
     # K X - I; fixed random probes measure it in a few matrix-vector products.
     # Without pivoting the error grows with ||K|| faster than LU's, and past
     # ||K|| ~ 50 (weights far from the identity) it can reach 1e-5.
-    probes = np.random.default_rng(0).normal(size=(size, _PROBES))
-    probes = ops.convert_to_tensor(probes / np.linalg.norm(probes, axis=0), dtype=dtype)
+    probes = ops.convert_to_tensor(_probes(size), dtype=dtype)
     residual = ops.max(
         ops.abs(ops.matmul(matrix, ops.matmul(inverse, probes)) - probes)
     )
@@ -109,8 +118,7 @@ def _inverse(matrix: Tensor) -> Tensor:
     On JAX and TensorFlow the inverse is computed by blocks (checked, with a
     pivoted LU as the fallback) and differentiated in closed form reusing it;
     JAX would otherwise differentiate through LU solves, which cost as much
-    as the inverse. PyTorch's own inverse and its gradient are the faster
-    there.
+    as the inverse. PyTorch's own inverse and its gradient are faster there.
     """
     if keras.backend.backend() in ("jax", "tensorflow"):
         return _inverse_reusing_itself(matrix)
