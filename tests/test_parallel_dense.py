@@ -195,6 +195,70 @@ def test_per_branch_inputs_match_numpy(branches, middle, units, block_diagonal):
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
 
 
+def _np_softmax(z):
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _doubled_plus_first_unit(z):
+    # Not elementwise: mixes each branch's units, like a softmax does.
+    return 2.0 * z + z[..., :1]
+
+
+# Each branch's activation sees that branch's units only, whichever product
+# computes the layer: elementwise activations are applied to the flat
+# product, others after the branch axis is split off.
+@pytest.mark.parametrize(
+    "activation,reference",
+    [
+        ("relu", lambda z: np.maximum(z, 0.0)),
+        ("gelu", None),
+        ("softmax", _np_softmax),
+        ("log_softmax", lambda z: np.log(_np_softmax(z))),
+        (_doubled_plus_first_unit, _doubled_plus_first_unit),
+    ],
+)
+@pytest.mark.parametrize(
+    "per_branch_inputs,branches", [(False, 3), (True, 3), (True, 6)]
+)
+def test_activation_is_applied_per_branch(
+    activation, reference, per_branch_inputs, branches
+):
+    if reference is None:
+        erf = np.vectorize(math.erf)
+
+        def reference(z):
+            return 0.5 * z * (1.0 + erf(z / math.sqrt(2.0)))
+
+    rng = np.random.default_rng(2)
+    layer = ParallelDense(
+        5,
+        branches,
+        activation=activation,
+        per_branch_inputs=per_branch_inputs,
+        bias_initializer="random_normal",
+    )
+    shape = (4, branches, 6) if per_branch_inputs else (4, 6)
+    x = rng.normal(size=shape).astype("float32")
+    y = _np(layer(x))
+    kernel, bias = _np(layer.kernel), _np(layer.bias).astype("float64")
+    slices = [x[:, n] if per_branch_inputs else x for n in range(branches)]
+    expected = np.stack(
+        [reference(slices[n] @ kernel[n] + bias[n]) for n in range(branches)],
+        axis=1,
+    )
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_side_by_side_kernel_matches_numpy():
+    from keras_tether.layers._parallel_dense import _side_by_side
+
+    kernel = np.random.default_rng(3).normal(size=(4, 6, 5)).astype("float32")
+    expected = np.concatenate(list(kernel), axis=1)
+    assert expected.shape == (6, 20)
+    np.testing.assert_array_equal(_np(_side_by_side(keras.ops.array(kernel))), expected)
+
+
 def _built_denses(count=3, input_dim=6, units=4, **kwargs):
     layers = []
     for _ in range(count):
