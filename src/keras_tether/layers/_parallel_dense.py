@@ -745,8 +745,8 @@ def _per_branch_product(inputs: Tensor, kernel: Tensor) -> Tensor:
     Computed branch-major: the branch axis moved first, one batched matmul,
     moved back. Against the batch-major einsum this measured faster on every
     backend (`make bench`, per-branch product of 64 branches, batch 512, a
-    training step on 2 CPU cores: 17.1 against 30.5 ms on JAX, 13.4 against
-    21.6 ms on TensorFlow, 13.2 against 13.8 ms on PyTorch, which runs the
+    training step on 2 CPU cores: 16.0 against 29.8 ms on JAX, 15.2 against
+    22.8 ms on TensorFlow, 14.2 against 14.0 ms on PyTorch, which runs the
     einsum as permuted copies around the same batched product).
     """
     shape = tuple(ops.shape(inputs))
