@@ -247,40 +247,43 @@ class ParallelDense(keras.layers.Layer):
             # A few small branches: one 2-D product against the block-diagonal
             # kernel.
             flat_inputs = ops.reshape(inputs, (-1, self.branches * kernel.shape[1]))
-            outputs, activated = self._flat_product(
-                flat_inputs, _block_diagonal(kernel)
+            return self._flat_product(
+                flat_inputs,
+                _block_diagonal(kernel),
+                lambda flat: ops.reshape(flat, (-1, self.branches, self.units)),
             )
-            outputs = ops.reshape(outputs, (-1, self.branches, self.units))
-        elif self.per_branch_inputs:
-            outputs, activated = _per_branch_product(inputs, kernel), False
+        if self.per_branch_inputs:
+            outputs = _per_branch_product(inputs, kernel)
             if self.bias is not None:
                 middle = len(inputs.shape) - 3
                 bias = ops.reshape(
                     self.bias, (self.branches,) + (1,) * middle + (self.units,)
                 )
                 outputs = outputs + bias
-        else:
-            # All branches read the same input: one matrix product against
-            # the branches' kernels side by side.
-            outputs, activated = self._flat_product(inputs, _side_by_side(kernel))
+            return self.activation(outputs)
+
+        # All branches read the same input: one matrix product against the
+        # branches' kernels side by side.
+        def split_branches(flat: Tensor) -> Tensor:
             outputs = ops.reshape(
-                outputs,
-                tuple(ops.shape(inputs)[:-1]) + (self.branches, self.units),
+                flat, tuple(ops.shape(inputs)[:-1]) + (self.branches, self.units)
             )
             if len(inputs.shape) > 2:
                 outputs = ops.moveaxis(outputs, -2, 1)
-        if not activated:
-            outputs = self.activation(outputs)
-        return outputs
+            return outputs
 
-    def _flat_product(self, inputs: Tensor, flat_kernel: Tensor) -> tuple[Tensor, bool]:
-        """`inputs @ flat_kernel + bias`, every branch's units side by side.
+        return self._flat_product(inputs, _side_by_side(kernel), split_branches)
 
-        An elementwise activation is applied here too, and the second value
-        says whether it was: on the 2-D product, before the branch axis is
-        split off, TensorFlow fuses it into the product (and XLA treats it
-        alike either way). Any other activation, such as a softmax over each
-        branch's units, is left to the caller.
+    def _flat_product(
+        self, inputs: Tensor, flat_kernel: Tensor, split_branches: Callable
+    ) -> Tensor:
+        """`activation(inputs @ flat_kernel + bias)`, branch axis split off.
+
+        The product holds every branch's units side by side; `split_branches`
+        gives it the layer's output shape. An elementwise activation is
+        applied before that, on the 2-D product, where TensorFlow fuses it
+        into the product (XLA treats it alike either way); any other, such as
+        a softmax over each branch's units, after.
         """
         outputs = ops.matmul(inputs, flat_kernel)
         if self.bias is not None:
@@ -288,9 +291,9 @@ class ParallelDense(keras.layers.Layer):
             # bias of the product's own shape into the product, and not one
             # broadcast over a new axis.
             outputs = outputs + ops.reshape(self.bias, (-1,))
-        if self.activation not in _ELEMENTWISE_ACTIVATIONS:
-            return outputs, False
-        return self.activation(outputs), True
+        if self.activation in _ELEMENTWISE_ACTIVATIONS:
+            return split_branches(self.activation(outputs))
+        return self.activation(split_branches(outputs))
 
     def compute_output_shape(self, input_shape: Shape) -> tuple:
         input_shape = tuple(input_shape)
