@@ -9,6 +9,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_tether._keras_internals import weights_added_after_build
 from keras_tether._types import Shape, Tensor
 from keras_tether._validation import (
     check_bool,
@@ -206,8 +207,8 @@ class ParallelDense(keras.layers.Layer):
             name="kernel",
             shape=(self.branches, input_dim, self.units),
             initializer=_PerBranch(self.kernel_initializer),
-            regularizer=_per_branch_or_none(self.kernel_regularizer, summed=True),
-            constraint=_per_branch_or_none(self.kernel_constraint, summed=False),
+            regularizer=_per_branch_regularizer(self.kernel_regularizer),
+            constraint=_per_branch_constraint(self.kernel_constraint),
         )
         self.bias = None
         if self.use_bias:
@@ -215,8 +216,8 @@ class ParallelDense(keras.layers.Layer):
                 name="bias",
                 shape=(self.branches, self.units),
                 initializer=_PerBranch(self.bias_initializer),
-                regularizer=_per_branch_or_none(self.bias_regularizer, summed=True),
-                constraint=_per_branch_or_none(self.bias_constraint, summed=False),
+                regularizer=_per_branch_regularizer(self.bias_regularizer),
+                constraint=_per_branch_constraint(self.bias_constraint),
             )
         self.input_spec = keras.InputSpec(axes={-1: input_dim})
         self.built = True
@@ -237,8 +238,22 @@ class ParallelDense(keras.layers.Layer):
             )
         if not self.lora_enabled:
             return self._kernel
+        return self._merged_kernel(self.compute_dtype)
+
+    def _merged_kernel(self, dtype: str) -> Tensor:
+        """The frozen kernel plus each branch's LoRA update, cast to `dtype`.
+
+        The factors are float32 whatever the policy (as `Dense` keeps them,
+        so that fine-tuning neither underflows nor overflows); the sum is
+        taken at the wider of the two dtypes and cast once, as `Dense` does.
+        """
         update = ops.matmul(self.lora_kernel_a, self.lora_kernel_b)
-        return self._kernel + (self.lora_alpha / self.lora_rank) * update
+        merged = ops.add(
+            self._kernel, ops.multiply(self.lora_alpha / self.lora_rank, update)
+        )
+        if keras.backend.standardize_dtype(merged.dtype) == dtype:
+            return merged
+        return ops.cast(merged, dtype)
 
     def call(self, inputs: Tensor, training: bool | None = None) -> Tensor:
         self._check_branch_axis(tuple(inputs.shape))
@@ -351,23 +366,22 @@ class ParallelDense(keras.layers.Layer):
                 "be enabled once."
             )
         input_dim = self._kernel.shape[1]
-        self._tracker.unlock()
-        self.lora_kernel_a = self.add_weight(
-            name="lora_kernel_a",
-            shape=(self.branches, input_dim, rank),
-            initializer=_PerBranch(keras.initializers.get(a_initializer)),
-            dtype="float32",
-            regularizer=_per_branch_or_none(self.kernel_regularizer, summed=True),
-        )
-        self.lora_kernel_b = self.add_weight(
-            name="lora_kernel_b",
-            shape=(self.branches, rank, self.units),
-            initializer=_PerBranch(keras.initializers.get(b_initializer)),
-            dtype="float32",
-            regularizer=_per_branch_or_none(self.kernel_regularizer, summed=True),
-        )
-        self._kernel.trainable = False
-        self._tracker.lock()
+        with weights_added_after_build(self):
+            self.lora_kernel_a = self.add_weight(
+                name="lora_kernel_a",
+                shape=(self.branches, input_dim, rank),
+                initializer=_PerBranch(keras.initializers.get(a_initializer)),
+                dtype="float32",
+                regularizer=_per_branch_regularizer(self.kernel_regularizer),
+            )
+            self.lora_kernel_b = self.add_weight(
+                name="lora_kernel_b",
+                shape=(self.branches, rank, self.units),
+                initializer=_PerBranch(keras.initializers.get(b_initializer)),
+                dtype="float32",
+                regularizer=_per_branch_regularizer(self.kernel_regularizer),
+            )
+            self._kernel.trainable = False
         self.lora_enabled = True
         self.lora_rank = rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else rank
@@ -378,7 +392,13 @@ class ParallelDense(keras.layers.Layer):
         # so a fine-tuned layer saves as a plain one with the same outputs.
         if not self.built:
             return
-        store["0"] = self.kernel
+        # In the variable's dtype: under a mixed policy the compute dtype
+        # would round the saved kernel.
+        store["0"] = (
+            self._merged_kernel(self._kernel.dtype)
+            if self.lora_enabled
+            else self._kernel
+        )
         if self.bias is not None:
             store["1"] = self.bias
 
@@ -479,7 +499,10 @@ class ParallelDense(keras.layers.Layer):
                 f"Cannot split layer '{self.name}' before it is built: call the "
                 "layer on its inputs first."
             )
-        kernel = ops.convert_to_numpy(self.kernel)
+        kernel = self._kernel
+        if self.lora_enabled:
+            kernel = self._merged_kernel(self._kernel.dtype)
+        kernel = ops.convert_to_numpy(kernel)
         bias = None if self.bias is None else ops.convert_to_numpy(self.bias)
         layers = []
         for branch in range(self.branches):
@@ -593,20 +616,35 @@ def _branch_seed(seed: int, branch: int) -> int:
     return int(state[0]) % _MAX_SEED
 
 
-class _PerBranchMap:
-    """Applies a regularizer or constraint to each branch's slice."""
+# The per-branch maps subclass Keras' base classes: Keras before 3.15 accepts
+# only `Regularizer` and `Constraint` instances on a variable.
+class _PerBranchRegularizer(keras.regularizers.Regularizer):
+    """Applies a regularizer to each branch's slice; the penalty is their sum."""
 
-    def __init__(self, function: Callable, summed: bool):
-        self.function = function
-        self.summed = summed
+    def __init__(self, regularizer: Callable):
+        self.regularizer = regularizer
 
     def __call__(self, value: Tensor) -> Tensor:
-        mapped = ops.vectorized_map(self.function, ops.convert_to_tensor(value))
-        return ops.sum(mapped) if self.summed else mapped
+        value = ops.convert_to_tensor(value)
+        return ops.sum(ops.vectorized_map(self.regularizer, value))
 
 
-def _per_branch_or_none(function: Callable | None, summed: bool) -> Callable | None:
-    return None if function is None else _PerBranchMap(function, summed)
+class _PerBranchConstraint(keras.constraints.Constraint):
+    """Applies a constraint to each branch's slice."""
+
+    def __init__(self, constraint: Callable):
+        self.constraint = constraint
+
+    def __call__(self, value: Tensor) -> Tensor:
+        return ops.vectorized_map(self.constraint, ops.convert_to_tensor(value))
+
+
+def _per_branch_regularizer(regularizer: Callable | None):
+    return None if regularizer is None else _PerBranchRegularizer(regularizer)
+
+
+def _per_branch_constraint(constraint: Callable | None):
+    return None if constraint is None else _PerBranchConstraint(constraint)
 
 
 def _check_dense_layers(layers: Any) -> list[keras.layers.Dense]:

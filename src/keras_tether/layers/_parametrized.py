@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_tether import parametrize as parametrize_module
+from keras_tether._keras_internals import set_parent_path, set_tracked
 from keras_tether._validation import check_bool
 from keras_tether.parametrize import Parametrization
 from keras_tether.parametrize._cached import compute_cached
@@ -79,22 +80,12 @@ def _load_own_variables(layer, store):
 
 def _set_aside(layer, variable) -> int:
     """Takes `variable` out of `layer`'s weights; returns where it was."""
-    variables = layer._trainable_variables
-    store = "trainable_variables"
-    if not any(v is variable for v in variables):
-        variables = layer._non_trainable_variables
-        store = "non_trainable_variables"
-    index = next(i for i, v in enumerate(variables) if v is variable)
-    del variables[index]
-    layer._tracker.stored_ids[store].discard(id(variable))
-    return index
+    return set_tracked(layer, variable, None)
 
 
 def _put_back(layer, variable, index: int) -> None:
     """Puts `variable` back among `layer`'s weights, where it was."""
-    store = "trainable_variables" if variable.trainable else "non_trainable_variables"
-    layer._tracker.config[store][1].insert(index, variable)
-    layer._tracker.stored_ids[store].add(id(variable))
+    set_tracked(layer, variable, index)
 
 
 class _SetAsideShown:
@@ -163,8 +154,12 @@ class _Binding:
         self.regularizer = None
 
 
-class _RegularizeComputedWeight:
-    """A weight regularizer that penalises `P(free)`, not the free parameter."""
+class _RegularizeComputedWeight(keras.regularizers.Regularizer):
+    """A weight regularizer that penalises `P(free)`, not the free parameter.
+
+    A `Regularizer` subclass: Keras before 3.15 accepts only those on a
+    variable.
+    """
 
     def __init__(self, wrapper, binding):
         self.holder = _WrapperHolder(wrapper)
@@ -324,8 +319,7 @@ class Parametrized(keras.layers.Layer):
         if not self.layer.built:
             # Name the layer's variables as if it were not wrapped (`dense/
             # kernel`), as they are named when a saved model is loaded.
-            if getattr(self.layer, "_parent_path", None) is None:
-                self.layer._parent_path = self._parent_path
+            set_parent_path(self.layer, self.path.rpartition("/")[0])
             self.layer.build(input_shape)
         if not self._bindings:
             self._register()

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import keras
 from keras import ops
 
 from keras_tether._types import Tensor
@@ -77,8 +78,13 @@ def _token(variables: Sequence[Any]) -> tuple | None:
     reads = [ops.convert_to_tensor(v) for v in variables]
     if any(hasattr(read, "assign") for read in reads):
         return None
-    # PyTorch updates variables in place and counts each update in `_version`.
-    return tuple((read, getattr(read, "_version", None)) for read in reads)
+    # PyTorch updates variables in place and counts each update in the
+    # tensor's `_version` (private; see docs/private-api.md). Without that
+    # count an update could not be told apart, so nothing is reused.
+    versions = [getattr(read, "_version", None) for read in reads]
+    if keras.backend.backend() == "torch" and None in versions:
+        return None
+    return tuple(zip(reads, versions, strict=True))
 
 
 def _same(token: tuple, other: tuple) -> bool:
