@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 
-.PHONY: install test demo bench lint format clean dist one-backend docs docs-assets docs-check chromium
+.PHONY: install test test-keras-min test-keras-next demo bench lint format clean dist one-backend docs docs-assets docs-check chromium
 
 install: $(STAMP)
 
@@ -14,7 +14,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "torch==2.13.0"
-	$(BIN)/pip install --quiet -e ".[tensorflow,jax,torch,demo,dev,docs]"
+	# The backends at the lowest versions the extras declare, which are the
+	# ones the suite is run on (.ci/backend-versions.txt).
+	$(BIN)/pip install --quiet -e ".[tensorflow,jax,torch,demo,dev,docs]" \
+		-c .ci/backend-versions.txt
 	# keras-hub is only a test peer (its Mixtral MoE block); without its
 	# dependencies, which would replace tensorflow-cpu. Its test skips if this fails.
 	-$(BIN)/pip install --quiet --no-deps "keras-hub==0.32.0" regex tokenizers || echo "keras-hub not installed: its peer test will be skipped"
@@ -30,6 +33,40 @@ test: $(STAMP)
 		if [ $$rc -ne 0 ]; then echo "FAILED on the $$backend backend (exit $$rc)"; status=1; fi; \
 	done; \
 	exit $$status
+
+# The whole suite on one backend with another Keras, installed without its
+# dependencies (those of the latest release suit it) into a folder put first
+# on the path: the lowest Keras that pyproject.toml declares, and the next
+# Keras (a wheel built from Keras' main branch, in ../shared/keras-next/).
+# One backend keeps these runs short: PyTorch ran the suite fastest.
+ALT_KERAS_BACKEND ?= torch
+ALT_KERAS_DIR := .keras-alt
+KERAS_MIN := $(shell sed -n 's/^dependencies = .*"keras>=\([0-9.]*\)".*/\1/p' pyproject.toml)
+KERAS_NEXT_WHEEL ?= $(firstword $(wildcard ../shared/keras-next/keras-*.whl))
+
+# $(1): a name for the run, $(2): what pip installs, $(3): the expected version.
+define pytest_with_keras
+	@test -n "$(2)" || { echo "test-keras-$(1): nothing to install"; exit 1; }
+	rm -rf $(ALT_KERAS_DIR)/$(1)
+	$(BIN)/pip install --quiet --no-deps --target $(ALT_KERAS_DIR)/$(1) "$(2)"
+	@status=0; \
+	export PYTHONPATH="$(CURDIR)/$(ALT_KERAS_DIR)/$(1)$${PYTHONPATH:+:$$PYTHONPATH}"; \
+	KERAS_BACKEND=$(ALT_KERAS_BACKEND) $(BIN)/python -c \
+		"import keras, sys; print('keras', keras.__version__, 'from', keras.__file__); sys.exit(keras.__version__ != '$(3)')" \
+		|| { echo "test-keras-$(1): expected Keras $(3)"; exit 1; }; \
+	echo "=== pytest with Keras $(3) on the $(ALT_KERAS_BACKEND) backend ==="; \
+	KERAS_BACKEND=$(ALT_KERAS_BACKEND) $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected with Keras $(3)"; rc=1; fi; \
+	if [ $$rc -ne 0 ]; then echo "FAILED with Keras $(3) (exit $$rc)"; status=1; fi; \
+	exit $$status
+endef
+
+test-keras-min: $(STAMP)
+	$(call pytest_with_keras,min,keras==$(KERAS_MIN),$(KERAS_MIN))
+
+test-keras-next: $(STAMP)
+	$(call pytest_with_keras,next,$(KERAS_NEXT_WHEEL),$(patsubst keras-%-py3-none-any.whl,%,$(notdir $(KERAS_NEXT_WHEEL))))
 
 demo: $(STAMP)
 	$(BIN)/python -m demo --out demo-output
@@ -80,4 +117,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests examples benchmarks demo
 
 clean:
-	rm -rf $(VENV) build dist site docs/generated demo-output bench-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(ALT_KERAS_DIR) build dist site docs/generated demo-output bench-output .pytest_cache .ruff_cache
