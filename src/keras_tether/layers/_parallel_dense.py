@@ -335,7 +335,10 @@ class ParallelDense(keras.layers.Layer):
         a[n] @ b[n]`, with `a` of shape `(branches, input_dim, rank)` and
         `b` of shape `(branches, rank, units)`; `a` is initialized per
         branch like a separate `Dense`'s `lora_kernel_a`, `b` to zeros, so
-        the outputs do not change until training moves `b`.
+        the outputs do not change until training moves `b`. As in `Dense`,
+        `a` and `b` are float32 under any dtype policy (fine-tuning in
+        float16 would underflow), and the merged kernel is cast to the
+        layer's compute dtype.
 
         Args:
             rank: Positive integer, the rank of each branch's update.
