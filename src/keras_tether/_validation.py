@@ -7,6 +7,7 @@ type but out of range raises `ValueError`, both in Keras' wording
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -141,3 +142,34 @@ def check_positive_weights(weights: np.ndarray, map_name: str) -> None:
             "never outputs an exact zero, so every weight must be positive. "
             f"Received: weights={_describe(weights)}"
         )
+
+
+def check_string(value: object, name: str) -> str:
+    """Returns `value` if it is a string, or raises `TypeError` naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Expected `{name}` to be a string. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return value
+
+
+def check_choice(value: object, choices: Sequence[str], name: str) -> str:
+    """Returns `value` if it is one of the strings `choices`."""
+    check_string(value, name)
+    if value not in choices:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected one of "
+            f"{tuple(choices)}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_instance(value: object, types: type | tuple, name: str, expected: str):
+    """Returns `value` if it is an instance of `types`, described as `expected`."""
+    if not isinstance(value, types):
+        raise TypeError(
+            f"Expected `{name}` to be {expected}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return value
