@@ -327,11 +327,20 @@ class GatedAverage(keras.layers.Layer):
 
     def _check_shapes(self, input_shape: Any) -> tuple[tuple, int, tuple]:
         """Returns the context shape, the branch count and one branch's shape."""
+        # A single tensor's shape is also a pair when the tensor has rank 2,
+        # so it is told apart first: its entries are sizes, not shapes.
+        if _is_shape(input_shape):
+            raise TypeError(
+                "Expected `inputs` of the `GatedAverage` layer to be a list "
+                "`[context, branches]`, a context tensor and the branches to "
+                "mix. Received: inputs=one tensor of shape "
+                f"{tuple(input_shape)}"
+            )
         if not isinstance(input_shape, list | tuple) or len(input_shape) != 2:
             raise TypeError(
-                "The `GatedAverage` layer should be called on a list "
-                "`[context, branches]`. Received: inputs of shape "
-                f"{input_shape}"
+                "Expected `inputs` of the `GatedAverage` layer to be a list "
+                "`[context, branches]`, a context tensor and the branches to "
+                f"mix. Received: inputs of shapes {input_shape}"
             )
         context_shape, branches_shape = input_shape
         if not _is_shape(context_shape):
