@@ -211,7 +211,7 @@ def test_model_without_mixtures_raises():
 
 
 class _MeanGatesCopier(keras.callbacks.Callback):
-    """Reads a gated average's `mean_gates` variable, without `mixture_weights`."""
+    """Reads a gated average's `moving_mean_gates` variable by hand."""
 
     def __init__(self, layer):
         super().__init__()
@@ -219,7 +219,9 @@ class _MeanGatesCopier(keras.callbacks.Callback):
         self.after_epoch = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.after_epoch.append(keras.ops.convert_to_numpy(self.layer.mean_gates))
+        self.after_epoch.append(
+            keras.ops.convert_to_numpy(self.layer.moving_mean_gates)
+        )
 
 
 def test_records_the_mean_gates_of_a_gated_average_beside_a_weighted_average():

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_tether import simplex as simplex_maps
@@ -59,9 +58,15 @@ class GatedAverage(keras.layers.Layer):
     gates have shape `(batch, ..., N)` and every branch must have the shape
     `(batch, ..., features...)` with the same leading axes.
 
-    `mixture_weights` is a moving average of the mean gate of each branch
-    over the training batches (for inspection and callbacks, as
-    `WeightedAverage.mixture_weights`).
+    As with `WeightedAverage`, the branches are a list of tensors, or with
+    `branch_axis` one tensor that holds them along that axis, such as the
+    `(batch, N, ...)` output of `keras_tether.layers.ParallelDense`.
+
+    `moving_mean_gates` is a non-trainable variable of shape `(N,)`: like
+    `keras.layers.BatchNormalization`'s `moving_mean`, it follows the mean
+    gate of each branch over the training batches (masked positions left
+    out) with `momentum`, starting at `1 / N`, and sums to one. It shows
+    which branches the router relies on; `MixtureWeightsHistory` records it.
 
     Args:
         simplex: String, `keras_tether.simplex.SimplexMap` or its config:
@@ -75,9 +80,11 @@ class GatedAverage(keras.layers.Layer):
             each example keeps. Defaults to `None`, every branch.
         top_k_order: `"map_first"` or `"top_k_first"`, see above. Defaults
             to `"map_first"`.
-        branch_axis: Integer, the axis of the branches in a stacked
-            `branches` tensor (counted with the batch axis). Ignored when
-            `branches` is a list. Defaults to `1`.
+        branch_axis: Optional integer, an axis of the stacked `branches`
+            other than the batch axis (negative values count from the end).
+            If set, `branches` is one tensor holding the `N >= 2` branches
+            along this axis, whose size must be known when the layer is
+            built. Defaults to `None`: `branches` is a list.
         normalize_router_inputs: Boolean, whether the router applies a
             `LayerNormalization` to the context first. Defaults to `False`.
         router_jitter: Float in `[0, 1)`: in training, the context is
@@ -94,16 +101,16 @@ class GatedAverage(keras.layers.Layer):
             `"glorot_uniform"`.
         return_gates: Boolean, whether the layer returns `(output, gates)`
             instead of `output`. Defaults to `False`.
-        momentum: Float in `[0, 1)`, the momentum of the moving average
-            behind `mixture_weights`. Defaults to `0.99`.
+        momentum: Float in `[0, 1)`, the momentum of `moving_mean_gates`.
+            Defaults to `0.99`.
         seed: Optional integer, the seed of the router's random numbers.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
         inputs: A list `[context, branches]`. `context` is a tensor
             `(batch, ..., d)`; `branches` a list of `N >= 2` tensors of one
-            shape `(batch, ..., features...)`, or a single tensor with the
-            `N` branches along `branch_axis`.
+            shape `(batch, ..., features...)`, or with `branch_axis` a single
+            tensor with the `N` branches along that axis.
         training: Python boolean, whether the call is in training mode.
         mask: Optional masks, supplied by Keras; the context's mask marks
             the positions that count in the auxiliary losses.
@@ -148,7 +155,7 @@ class GatedAverage(keras.layers.Layer):
         temperature: float | None = None,
         top_k: int | None = None,
         top_k_order: str = "map_first",
-        branch_axis: int = 1,
+        branch_axis: int | None = None,
         normalize_router_inputs: bool = False,
         router_jitter: float = 0.0,
         router_noise: float = 0.0,
@@ -172,12 +179,14 @@ class GatedAverage(keras.layers.Layer):
             load_balancing_coefficient,
             z_loss_coefficient,
         )
-        branch_axis = check_int(branch_axis, "branch_axis")
-        if branch_axis == 0:
-            raise ValueError(
-                "Received an invalid value for `branch_axis`, expected an axis "
-                f"other than the batch axis 0. Received: branch_axis={branch_axis}"
-            )
+        if branch_axis is not None:
+            branch_axis = check_int(branch_axis, "branch_axis")
+            if branch_axis == 0:
+                raise ValueError(
+                    "Received an invalid value for `branch_axis`, expected an "
+                    "axis other than the batch axis 0, or None. "
+                    f"Received: branch_axis={branch_axis}"
+                )
         momentum_value = check_number(momentum, "momentum")
         if not 0 <= momentum_value < 1:
             raise ValueError(
@@ -212,29 +221,14 @@ class GatedAverage(keras.layers.Layer):
             num_branches, self._router_arguments, self.router_initializer, self.seed
         )
         self.router.build(context_shape)
-        self.mean_gates = self.add_weight(
-            name="mean_gates",
+        self.moving_mean_gates = self.add_weight(
+            name="moving_mean_gates",
             shape=(num_branches,),
             initializer=keras.initializers.Constant(1.0 / num_branches),
             dtype="float32",
             trainable=False,
             autocast=False,
         )
-
-    @property
-    def mixture_weights(self) -> np.ndarray:
-        """The moving average of the mean gate per branch, shape `(N,)`.
-
-        It starts at `1 / N` and follows the mean gates of the training
-        batches (masked positions left out); it sums to one. Reading it
-        converts a variable on the host: it is for inspection and callbacks.
-        """
-        if not self.built:
-            raise ValueError(
-                f"`mixture_weights` of layer '{self.name}' is not available "
-                "before the layer is built: call the layer on its inputs first."
-            )
-        return np.asarray(ops.convert_to_numpy(self.mean_gates), dtype="float32")
 
     def call(
         self,
@@ -245,9 +239,8 @@ class GatedAverage(keras.layers.Layer):
         context, branches = inputs
         context_shape = tuple(context.shape)
         branch_position = len(context_shape) - 1
-        if isinstance(branches, list | tuple):
-            shapes = [tuple(branch.shape) for branch in branches]
-            self._check_branch_count(len(shapes))
+        if self.branch_axis is None:
+            self._check_branch_count(len(branches))
             stacked = ops.stack(list(branches), axis=branch_position)
         else:
             axis = self._resolve_branch_axis(len(branches.shape))
@@ -260,8 +253,9 @@ class GatedAverage(keras.layers.Layer):
         gates = routing.gates
         if training:
             batch_mean = token_mean(gates, context_mask)
-            self.mean_gates.assign(
-                self.momentum * self.mean_gates + (1.0 - self.momentum) * batch_mean
+            self.moving_mean_gates.assign(
+                self.momentum * self.moving_mean_gates
+                + (1.0 - self.momentum) * batch_mean
             )
         weights = ops.cast(gates, stacked.dtype)
         for _ in range(len(stacked.shape) - branch_position - 1):
@@ -362,7 +356,14 @@ class GatedAverage(keras.layers.Layer):
                 f"shape {context_shape}"
             )
         lead = len(context_shape) - 1
-        if _is_shape(branches_shape):
+        if self.branch_axis is not None:
+            if not _is_shape(branches_shape):
+                raise TypeError(
+                    "Expected `branches` of the `GatedAverage` layer to be one "
+                    "tensor, since `branch_axis` is set. Received: branches of "
+                    f"shapes {branches_shape} with branch_axis="
+                    f"{self.branch_axis}. Pass `branch_axis=None` to mix a list."
+                )
             stacked = tuple(branches_shape)
             axis = self._resolve_branch_axis(len(stacked))
             num_branches = stacked[axis]
@@ -376,6 +377,13 @@ class GatedAverage(keras.layers.Layer):
             branch_shape = stacked[:axis] + stacked[axis + 1 :]
             shapes = [branch_shape]
         else:
+            if _is_shape(branches_shape):
+                raise TypeError(
+                    "Expected `branches` of the `GatedAverage` layer to be a "
+                    "list of tensors. Received: branches=one tensor of shape "
+                    f"{tuple(branches_shape)}. To mix one tensor along an "
+                    "axis, pass `branch_axis`."
+                )
             shapes = [tuple(shape) for shape in branches_shape]
             num_branches = len(shapes)
             if any(
