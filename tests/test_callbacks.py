@@ -191,9 +191,18 @@ def test_layers_that_are_not_mixtures_raise():
         _fit(model, [recorder], epochs=1)
 
 
-@pytest.mark.parametrize("layers", [[], [""], [3], ["first", "first"], 7])
-def test_invalid_layers_argument_raises(layers):
-    with pytest.raises(ValueError, match="`layers`"):
+@pytest.mark.parametrize(
+    "layers, error",
+    [
+        ([], ValueError),
+        ([""], ValueError),
+        ([3], TypeError),
+        (["first", "first"], ValueError),
+        (7, TypeError),
+    ],
+)
+def test_invalid_layers_argument_raises(layers, error):
+    with pytest.raises(error, match="`layers`"):
         MixtureWeightsHistory(layers=layers)
 
 

@@ -338,7 +338,7 @@ def test_invalid_inputs_are_named_in_the_error():
         GatedAverage()([context[0], branches])
     with pytest.raises(TypeError, match=r"\[context, branches\]"):
         GatedAverage()(branches)
-    with pytest.raises(ValueError, match=r"same shape"):
+    with pytest.raises(ValueError, match=r"one shape"):
         GatedAverage()([context, [branches[0], branches[1][:, :2]]])
     with pytest.raises(ValueError, match=r"leading axes"):
         GatedAverage()([context, [b[:3] for b in branches]])
@@ -346,15 +346,11 @@ def test_invalid_inputs_are_named_in_the_error():
         GatedAverage()([context, branches[:1]])
     layer = GatedAverage()
     layer([context, branches])
-    with pytest.raises(
-        ValueError, match=r"built for 3 branches and is now called on 2"
-    ):
+    with pytest.raises(ValueError, match=r"hold 3 branches.*branches holding 2"):
         layer([context, branches[:2]])
     stacked_layer = GatedAverage(branch_axis=1)
     stacked_layer([context, np.stack(branches, axis=1)])
-    with pytest.raises(
-        ValueError, match=r"built for 3 branches and is now called on 4"
-    ):
+    with pytest.raises(ValueError, match=r"hold 3 branches.*branches holding 4"):
         stacked_layer([context, np.stack(branches + branches[:1], axis=1)])
     with pytest.raises(ValueError, match=r"`branch_axis`.*branch_axis=3"):
         GatedAverage(branch_axis=3)([context, np.stack(branches, axis=1)])

@@ -179,11 +179,14 @@ def _layer_names(layers) -> tuple[str, ...] | None:
         return None
     if isinstance(layers, str):
         layers = [layers]
-    if (
-        not isinstance(layers, Sequence)
-        or not layers
-        or not all(isinstance(name, str) and name for name in layers)
+    if not isinstance(layers, Sequence) or not all(
+        isinstance(name, str) for name in layers
     ):
+        raise TypeError(
+            "Expected `layers` to be a layer name or a sequence of layer "
+            f"names (strings). Received: layers={layers!r}"
+        )
+    if not layers or not all(layers):
         raise ValueError(
             "Expected `layers` to be a layer name or a non-empty sequence of "
             f"layer names (non-empty strings). Received: layers={layers!r}"

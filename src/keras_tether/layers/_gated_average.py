@@ -10,7 +10,13 @@ from keras import ops
 
 from keras_tether import simplex as simplex_maps
 from keras_tether._types import Tensor
-from keras_tether._validation import check_bool, check_int, check_number
+from keras_tether._validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_optional_int,
+    get_keras_object,
+)
 from keras_tether.layers._router import (
     check_router_arguments,
     check_top_k_fits,
@@ -194,6 +200,13 @@ class GatedAverage(keras.layers.Layer):
                 f"[0, 1). Received: momentum={momentum!r}"
             )
         return_gates = check_bool(return_gates, "return_gates")
+        router_initializer = get_keras_object(
+            keras.initializers.get,
+            router_initializer,
+            "router_initializer",
+            "a Keras initializer, its name or its config",
+        )
+        seed = check_optional_int(seed, "seed")
         super().__init__(**kwargs)
         self._router_arguments = router_arguments
         self.simplex = router_arguments["simplex"]
@@ -206,7 +219,7 @@ class GatedAverage(keras.layers.Layer):
         self.router_noise = router_arguments["router_noise"]
         self.load_balancing_coefficient = router_arguments["load_balancing_coefficient"]
         self.z_loss_coefficient = router_arguments["z_loss_coefficient"]
-        self.router_initializer = keras.initializers.get(router_initializer)
+        self.router_initializer = router_initializer
         self.return_gates = return_gates
         self.momentum = momentum_value
         self.seed = seed
@@ -304,8 +317,9 @@ class GatedAverage(keras.layers.Layer):
     def _check_branch_count(self, count: int | None) -> None:
         if self.built and count is not None and count != self._num_branches:
             raise ValueError(
-                f"Layer '{self.name}' was built for {self._num_branches} "
-                f"branches and is now called on {count}."
+                f"Expected `branches` of layer '{self.name}' to hold "
+                f"{self._num_branches} branches, as when it was built. "
+                f"Received: branches holding {count}"
             )
 
     def _resolve_branch_axis(self, rank: int) -> int:
@@ -339,21 +353,21 @@ class GatedAverage(keras.layers.Layer):
         context_shape, branches_shape = input_shape
         if not _is_shape(context_shape):
             raise TypeError(
-                "The `context` of the `GatedAverage` layer should be one "
-                f"tensor. Received: a context of shapes {context_shape}"
+                "Expected `context` of the `GatedAverage` layer to be one "
+                f"tensor. Received: context of shapes {context_shape}"
             )
         context_shape = tuple(context_shape)
         if len(context_shape) < 2:
             raise ValueError(
-                "The `context` of the `GatedAverage` layer needs a batch axis "
-                "and a feature axis, shape `(batch, ..., features)`. Received: "
-                f"a context of shape {context_shape}"
+                "Expected `context` of the `GatedAverage` layer to have a batch "
+                "axis and a feature axis, shape `(batch, ..., features)`. "
+                f"Received: context of shape {context_shape}"
             )
         if context_shape[-1] is None:
             raise ValueError(
-                "The last axis of the `context` of the `GatedAverage` layer "
-                "must be known when the layer is built. Received: a context of "
-                f"shape {context_shape}"
+                "Expected the last axis of `context` of the `GatedAverage` "
+                "layer to be known when the layer is built. Received: context "
+                f"of shape {context_shape}"
             )
         lead = len(context_shape) - 1
         if self.branch_axis is not None:
@@ -391,24 +405,24 @@ class GatedAverage(keras.layers.Layer):
                 for shape in shapes
             ):
                 raise ValueError(
-                    "The branches of the `GatedAverage` layer should all have "
-                    f"the same shape. Received: branches of shapes {shapes}"
+                    "Expected `branches` of the `GatedAverage` layer to have "
+                    f"one shape. Received: branches of shapes {shapes}"
                 )
             branch_shape = shapes[0]
         if num_branches < 2:
             raise ValueError(
-                "The `GatedAverage` layer mixes at least 2 branches. Received: "
-                f"{num_branches} branch(es)"
+                "Expected `branches` of the `GatedAverage` layer to hold at "
+                f"least 2 branches. Received: branches holding {num_branches}"
             )
         if self.built:
             self._check_branch_count(num_branches)
         for shape in shapes:
             if len(shape) < lead or not _compatible(shape[:lead], context_shape[:-1]):
                 raise ValueError(
-                    "Every branch of the `GatedAverage` layer should start with "
-                    f"the leading axes {context_shape[:-1]} of the context "
+                    "Expected `branches` of the `GatedAverage` layer to start "
+                    f"with the leading axes {context_shape[:-1]} of the context "
                     f"(batch, ...). Received: a context of shape {context_shape} "
-                    f"and a branch of shape {shape}"
+                    f"and branches of shape {shape}"
                 )
         return context_shape, num_branches, branch_shape
 

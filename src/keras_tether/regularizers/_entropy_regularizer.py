@@ -51,6 +51,11 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
 
     def __call__(self, weights: Tensor) -> Tensor:
         weights = ops.cast(weights, "float32")
+        if len(weights.shape) == 0:
+            raise ValueError(
+                "Expected `weights` with a branch axis first, shape `(N,)` or "
+                "`(N, features)`. Received: weights of shape ()"
+            )
         entropy = -ops.sum(weights * ops.log(ops.maximum(weights, _LOG_FLOOR)), axis=0)
         if self.toward == "uniform":
             penalty = math.log(weights.shape[0]) - entropy
