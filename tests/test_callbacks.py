@@ -191,9 +191,18 @@ def test_layers_that_are_not_mixtures_raise():
         _fit(model, [recorder], epochs=1)
 
 
-@pytest.mark.parametrize("layers", [[], [""], [3], ["first", "first"], 7])
-def test_invalid_layers_argument_raises(layers):
-    with pytest.raises(ValueError, match="`layers`"):
+@pytest.mark.parametrize(
+    "layers, error",
+    [
+        ([], ValueError),
+        ([""], ValueError),
+        ([3], TypeError),
+        (["first", "first"], ValueError),
+        (7, TypeError),
+    ],
+)
+def test_invalid_layers_argument_raises(layers, error):
+    with pytest.raises(error, match="`layers`"):
         MixtureWeightsHistory(layers=layers)
 
 
@@ -211,7 +220,7 @@ def test_model_without_mixtures_raises():
 
 
 class _MeanGatesCopier(keras.callbacks.Callback):
-    """Reads a gated average's `mean_gates` variable, without `mixture_weights`."""
+    """Reads a gated average's `moving_mean_gates` variable by hand."""
 
     def __init__(self, layer):
         super().__init__()
@@ -219,7 +228,9 @@ class _MeanGatesCopier(keras.callbacks.Callback):
         self.after_epoch = []
 
     def on_epoch_end(self, epoch, logs=None):
-        self.after_epoch.append(keras.ops.convert_to_numpy(self.layer.mean_gates))
+        self.after_epoch.append(
+            keras.ops.convert_to_numpy(self.layer.moving_mean_gates)
+        )
 
 
 def test_records_the_mean_gates_of_a_gated_average_beside_a_weighted_average():

@@ -389,7 +389,7 @@ def test_inspect_lists_a_gated_average_with_its_mean_gates(tmp_path, capsys):
     gate = GatedAverage(simplex="sparsemax", name="gate")
     model = keras.Model(inputs, gate([inputs, branches]))
     mean_gates = np.array([0.5, 0.125, 0.375], dtype="float32")
-    gate.mean_gates.assign(mean_gates)
+    gate.moving_mean_gates.assign(mean_gates)
     path = str(tmp_path / "gated.keras")
     model.save(path)
 

@@ -49,6 +49,7 @@ def _public_modules():
         keras_tether.parametrize,
         keras_tether.ties,
         keras_tether.callbacks,
+        keras_tether.regularizers,
     ]
     defined = set()
     for namespace in namespaces:

@@ -143,29 +143,31 @@ def test_losses_only_in_training_and_masked():
     np.testing.assert_allclose(float(to_numpy(loss)), expected, rtol=1e-5)
 
 
-def test_mixture_weights_follow_the_training_gates():
+def test_moving_mean_gates_follow_the_training_gates():
     context, branches, kernel = data()
     layer = build(
         GatedAverage(momentum=0.75, return_gates=True), context, branches, kernel
     )
-    np.testing.assert_allclose(layer.mixture_weights, [1 / 3] * 3, atol=1e-7)
+    np.testing.assert_allclose(
+        to_numpy(layer.moving_mean_gates), [1 / 3] * 3, atol=1e-7
+    )
     _, gates = layer([context, branches], training=True)
     expected = 0.75 / 3 + 0.25 * to_numpy(gates).mean(0)
-    np.testing.assert_allclose(layer.mixture_weights, expected, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean_gates), expected, atol=1e-6)
     layer([context, branches], training=False)
-    np.testing.assert_allclose(layer.mixture_weights, expected, atol=1e-6)
-    np.testing.assert_allclose(layer.mixture_weights.sum(), 1.0, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean_gates), expected, atol=1e-6)
+    np.testing.assert_allclose(to_numpy(layer.moving_mean_gates).sum(), 1.0, atol=1e-6)
 
 
-def test_mixture_weights_move_in_fit():
+def test_moving_mean_gates_move_in_fit():
     context, branches, _ = data(batch=16)
     inputs = [keras.Input(shape=(4,))] + [keras.Input(shape=(3,)) for _ in range(3)]
     layer = GatedAverage(momentum=0.5)
     model = keras.Model(inputs, layer([inputs[0], inputs[1:]]))
     model.compile(optimizer="sgd", loss="mse")
     model.fit([context, *branches], branches[0], batch_size=8, epochs=1, verbose=0)
-    assert np.abs(layer.mixture_weights - 1 / 3).max() > 1e-4
-    np.testing.assert_allclose(layer.mixture_weights.sum(), 1.0, atol=1e-5)
+    assert np.abs(to_numpy(layer.moving_mean_gates) - 1 / 3).max() > 1e-4
+    np.testing.assert_allclose(to_numpy(layer.moving_mean_gates).sum(), 1.0, atol=1e-5)
 
 
 def test_mixed_precision_routes_in_float32():
@@ -196,6 +198,7 @@ def test_conformance_stacked():
             "top_k": 2,
             "normalize_router_inputs": True,
             "z_loss_coefficient": 0.1,
+            "branch_axis": 1,
         },
         list_input=True,
         expected_output_shape=(4, 2),
@@ -229,7 +232,7 @@ def test_saving_with_gates_and_weights_files(tmp_path):
     layer = GatedAverage(top_k=2, temperature=0.5, return_gates=True, name="gate")
     output, gates = layer([inputs[0], inputs[1:]])
     model = keras.Model(inputs, [output, gates])
-    layer([context, branches], training=True)  # move mixture_weights
+    layer([context, branches], training=True)  # move moving_mean_gates
     reference = model.predict([context, *branches], verbose=0)
     model.save(tmp_path / "gated.keras")
     loaded = keras.saving.load_model(tmp_path / "gated.keras", safe_mode=True)
@@ -237,7 +240,8 @@ def test_saving_with_gates_and_weights_files(tmp_path):
     for a, b in zip(reference, restored, strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(
-        loaded.get_layer("gate").mixture_weights, layer.mixture_weights
+        to_numpy(loaded.get_layer("gate").moving_mean_gates),
+        to_numpy(layer.moving_mean_gates),
     )
     model.save_weights(tmp_path / "gated.weights.h5")
     twin_layer = GatedAverage(top_k=2, temperature=0.5, return_gates=True, name="gate")
@@ -334,7 +338,7 @@ def test_invalid_inputs_are_named_in_the_error():
         GatedAverage()([context[0], branches])
     with pytest.raises(TypeError, match=r"\[context, branches\]"):
         GatedAverage()(branches)
-    with pytest.raises(ValueError, match=r"same shape"):
+    with pytest.raises(ValueError, match=r"one shape"):
         GatedAverage()([context, [branches[0], branches[1][:, :2]]])
     with pytest.raises(ValueError, match=r"leading axes"):
         GatedAverage()([context, [b[:3] for b in branches]])
@@ -342,15 +346,17 @@ def test_invalid_inputs_are_named_in_the_error():
         GatedAverage()([context, branches[:1]])
     layer = GatedAverage()
     layer([context, branches])
-    with pytest.raises(
-        ValueError, match=r"built for 3 branches and is now called on 2"
-    ):
+    with pytest.raises(ValueError, match=r"hold 3 branches.*branches holding 2"):
         layer([context, branches[:2]])
-    with pytest.raises(
-        ValueError, match=r"built for 3 branches and is now called on 4"
-    ):
-        layer([context, np.stack(branches + branches[:1], axis=1)])
+    stacked_layer = GatedAverage(branch_axis=1)
+    stacked_layer([context, np.stack(branches, axis=1)])
+    with pytest.raises(ValueError, match=r"hold 3 branches.*branches holding 4"):
+        stacked_layer([context, np.stack(branches + branches[:1], axis=1)])
     with pytest.raises(ValueError, match=r"`branch_axis`.*branch_axis=3"):
         GatedAverage(branch_axis=3)([context, np.stack(branches, axis=1)])
-    with pytest.raises(ValueError, match=r"not available before the layer is built"):
-        GatedAverage().mixture_weights  # noqa: B018
+    with pytest.raises(TypeError, match=r"list of tensors.*branches=one tensor"):
+        GatedAverage()([context, np.stack(branches, axis=1)])
+    with pytest.raises(TypeError, match=r"one tensor.*branch_axis=1"):
+        GatedAverage(branch_axis=1)([context, branches])
+    with pytest.raises(TypeError, match=r"`\[context, branches\]`.*inputs=one tensor"):
+        GatedAverage()(context)

@@ -126,7 +126,7 @@ def test_conformance(case):
 
 
 def test_conformance_with_branch_dropout_and_regularizer():
-    from keras_tether.layers import EntropyRegularizer
+    from keras_tether.regularizers import EntropyRegularizer
 
     run_layer_test(
         WeightedAverage,

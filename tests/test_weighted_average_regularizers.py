@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from keras_tether.layers import EntropyRegularizer, WeightedAverage
-from keras_tether.layers import _mixture_regularizers as mixture_regularizers_module
+from keras_tether.layers import WeightedAverage
+from keras_tether.regularizers import EntropyRegularizer
+from keras_tether.regularizers import (
+    _entropy_regularizer as mixture_regularizers_module,
+)
 
 
 def np_entropy(weights):
@@ -101,7 +104,7 @@ def test_regularized_layer_saves_and_loads():
     "kwargs, error, match",
     [
         ({"strength": -1.0}, ValueError, r"`strength`.*non-negative.*strength=-1.0"),
-        ({"strength": "big"}, ValueError, r"`strength`.*strength='big'"),
+        ({"strength": "big"}, TypeError, r"`strength`.*strength='big'"),
         ({"toward": "dense"}, ValueError, r"`toward`.*'sparse'.*toward='dense'"),
     ],
 )

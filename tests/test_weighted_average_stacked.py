@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from layer_conformance import run_layer_test
 
-from keras_tether.layers import EntropyRegularizer, ParallelDense, WeightedAverage
+from keras_tether.layers import ParallelDense, WeightedAverage
+from keras_tether.regularizers import EntropyRegularizer
 
 
 def _np(x):

@@ -7,6 +7,7 @@ type but out of range raises `ValueError`, both in Keras' wording
 
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -141,3 +142,80 @@ def check_positive_weights(weights: np.ndarray, map_name: str) -> None:
             "never outputs an exact zero, so every weight must be positive. "
             f"Received: weights={_describe(weights)}"
         )
+
+
+def check_string(value: object, name: str) -> str:
+    """Returns `value` if it is a string, or raises `TypeError` naming `name`."""
+    if not isinstance(value, str):
+        raise TypeError(
+            f"Expected `{name}` to be a string. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return value
+
+
+def check_choice(value: object, choices: Sequence[str], name: str) -> str:
+    """Returns `value` if it is one of the strings `choices`."""
+    check_string(value, name)
+    if value not in choices:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected one of "
+            f"{tuple(choices)}. Received: {name}={value!r}"
+        )
+    return value
+
+
+def check_instance(value: object, types: type | tuple, name: str, expected: str):
+    """Returns `value` if it is an instance of `types`, described as `expected`."""
+    if not isinstance(value, types):
+        raise TypeError(
+            f"Expected `{name}` to be {expected}. "
+            f"Received: {name}={value!r} of type {type(value).__name__}"
+        )
+    return value
+
+
+def check_optional_int(value: object, name: str) -> int | None:
+    """Returns `value` as a Python int, or `None` if it is `None`."""
+    return None if value is None else check_int(value, name)
+
+
+def check_axis_in_range(axis: int, rank: int, of: str) -> int:
+    """Returns `axis` if it is an axis of a tensor `of` of rank `rank`."""
+    if not -rank <= axis < rank:
+        raise ValueError(
+            f"Received an invalid value for `axis`, expected an axis of `{of}`, "
+            f"which has {rank} dimension(s), in [{-rank}, {rank - 1}]. "
+            f"Received: axis={axis}"
+        )
+    return axis
+
+
+def check_broadcastable(shape: tuple, target: tuple, name: str, of: str) -> None:
+    """Raises `ValueError` unless `shape` broadcasts to the shape `target`."""
+    fits = len(shape) <= len(target) and all(
+        a is None or b is None or a in (1, b)
+        for a, b in zip(reversed(shape), reversed(target), strict=False)
+    )
+    if not fits:
+        raise ValueError(
+            f"Received an invalid value for `{name}`, expected a shape that "
+            f"broadcasts to the shape {target} of `{of}`. "
+            f"Received: {name} of shape {shape}"
+        )
+
+
+def get_keras_object(getter, value: object, name: str, kind: str):
+    """`getter(value)` (such as `keras.initializers.get`), naming `name`.
+
+    Keras' own message ("Could not interpret initializer identifier") names
+    neither the argument nor what would do; this one does both.
+    """
+    try:
+        return getter(value)
+    except (ValueError, TypeError) as error:
+        wrong_type = not isinstance(value, str | dict)
+        raise (TypeError if wrong_type else ValueError)(
+            f"Received an invalid value for `{name}`, expected {kind}. "
+            f"Received: {name}={value!r}"
+        ) from error

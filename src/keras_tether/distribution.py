@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import keras
 
+from keras_tether._validation import check_choice, check_instance
+from keras_tether._walk import all_layers
 from keras_tether.layers import ParallelDense, WeightedAverage
 
 __all__ = ["branch_layout_map"]
@@ -61,6 +63,8 @@ def branch_layout_map(
         The `keras.distribution.LayoutMap`.
 
     Raises:
+        TypeError: if `model` is not a Keras layer or `mesh` not a
+            `keras.distribution.DeviceMesh`.
         ValueError: if the mesh has no axis `branch_axis_name`, if a layer's
             branch count is not a multiple of that axis' size, or if the
             model is not built.
@@ -81,28 +85,39 @@ def branch_layout_map(
     >>> layout_map["ensemble/experts/kernel"].axes
     ('model', None, None)
     """
-    if not isinstance(mesh, keras.distribution.DeviceMesh):
-        raise TypeError(
-            "Expected `mesh` to be a `keras.distribution.DeviceMesh`. "
-            f"Received: mesh={mesh!r} of type {type(mesh).__name__}"
-        )
+    check_instance(model, keras.layers.Layer, "model", "a Keras model or layer")
+    check_instance(
+        mesh, keras.distribution.DeviceMesh, "mesh", "a `keras.distribution.DeviceMesh`"
+    )
     axis_names = list(mesh.axis_names)
-    if branch_axis_name not in axis_names:
-        raise ValueError(
-            "Received an invalid value for `branch_axis_name`, expected one of "
-            f"the mesh's axis names {axis_names}. "
-            f"Received: branch_axis_name={branch_axis_name!r}"
-        )
+    check_choice(branch_axis_name, axis_names, "branch_axis_name")
     devices = mesh.shape[axis_names.index(branch_axis_name)]
     if layout_map is None:
         layout_map = keras.distribution.LayoutMap(mesh)
+    check_instance(
+        layout_map,
+        keras.distribution.LayoutMap,
+        "layout_map",
+        "a `keras.distribution.LayoutMap` or None",
+    )
+    other = layout_map.device_mesh
+    if other is not mesh and (
+        other is None
+        or tuple(other.shape) != tuple(mesh.shape)
+        or list(other.axis_names) != axis_names
+    ):
+        raise ValueError(
+            "Received an invalid value for `layout_map`, expected a layout map "
+            f"on the same `mesh`. Received: layout_map={layout_map!r} on mesh "
+            f"{other!r}, mesh={mesh!r}"
+        )
     if not model.built:
         raise ValueError(
             f"Cannot write a layout map for '{model.name}' before it is built: "
             "the map is keyed by the paths of its variables. Build the model "
             "first (call it, or give it an `Input`)."
         )
-    for layer in _layers(model):
+    for layer in all_layers(model, include_self=True):
         for variable, branches in _branch_variables(layer):
             if branches % devices:
                 raise ValueError(
@@ -114,12 +129,6 @@ def branch_layout_map(
             axes = (branch_axis_name,) + (None,) * (len(variable.shape) - 1)
             layout_map[variable.path] = axes
     return layout_map
-
-
-def _layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    # Keras has no public walk over layers held as attributes of a layer
-    # (a custom layer's sublayers); its own quantize and summary use this.
-    return list(model._flatten_layers(include_self=True, recursive=True))
 
 
 def _branch_variables(layer: keras.layers.Layer) -> list:

@@ -11,7 +11,10 @@ import numpy as np
 
 from keras_tether import ties
 from keras_tether._walk import all_layers
-from keras_tether.callbacks._mixture_weights_history import MIXING_LAYERS
+from keras_tether.callbacks._mixture_weights_history import (
+    MIXING_LAYERS,
+    read_mixture,
+)
 from keras_tether.layers import GatedAverage, WeightedAverage
 
 # Mixture weights are shown to this many decimals.
@@ -148,7 +151,7 @@ def _mixing_layers(
 
 
 def _describe_mixture(layer: WeightedAverage | GatedAverage) -> dict[str, Any]:
-    weights = np.asarray(layer.mixture_weights, dtype=np.float64)
+    weights = np.asarray(read_mixture(layer), dtype=np.float64)
     return {
         "layer": layer.name,
         "class": type(layer).__name__,

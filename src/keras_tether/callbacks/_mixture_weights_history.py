@@ -13,21 +13,32 @@ from keras_tether._walk import all_layers
 from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._weighted_average import WeightedAverage
 
-# The layers with `mixture_weights`: learned weights, or mean gates.
+# The layers whose mixture is recorded: learned weights, or moving mean gates.
 MIXING_LAYERS = (WeightedAverage, GatedAverage)
+
+
+def read_mixture(layer: WeightedAverage | GatedAverage) -> np.ndarray:
+    """A NumPy copy of a mixing layer's mixture, as the callback records it.
+
+    `WeightedAverage.mixture_weights`, or `GatedAverage.moving_mean_gates`.
+    """
+    if isinstance(layer, GatedAverage):
+        return np.array(
+            keras.ops.convert_to_numpy(layer.moving_mean_gates), dtype="float32"
+        )
+    return np.array(layer.mixture_weights, copy=True)
 
 
 class MixtureWeightsHistory(keras.callbacks.Callback):
     """Records the mixture weights of the mixing layers while training.
 
-    At the end of every epoch the callback reads `mixture_weights` of each
-    mixing layer of the model (`WeightedAverage`, whose weights are learned,
-    and `GatedAverage`, whose `mixture_weights` is the moving average of its
-    mean gates), found through `model.layers` and,
-    recursively, through the layers of nested models, or of the layers named
-    in `layers` only. The weights are kept in memory and, with `csv_path`,
-    appended to a CSV file, so you can watch which branches a mixture learns
-    to trust.
+    At the end of every epoch the callback reads the mixture of each mixing
+    layer of the model: the learned `mixture_weights` of a `WeightedAverage`,
+    the `moving_mean_gates` of a `GatedAverage`. It finds them wherever the
+    model holds them (nested models, custom layers, wrappers), or records
+    only the layers named in `layers`. The weights are kept in memory and,
+    with `csv_path`, appended to a CSV file, so you can watch which branches
+    a mixture learns to trust.
 
     The weights before training are recorded too, when training begins, in
     `initial` (in memory) and as rows with epoch `-1` (in the CSV file), so
@@ -50,10 +61,10 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
 
     Attributes:
         history: Dictionary mapping each recorded layer's name to a list of
-            NumPy arrays, the layer's `mixture_weights` after each epoch.
+            NumPy arrays, the layer's mixture after each epoch.
         epochs: List of the epoch indices recorded, in the order of `history`.
         initial: Dictionary mapping each recorded layer's name to its
-            `mixture_weights` when training first began.
+            mixture when training first began.
 
     Example:
 
@@ -118,10 +129,7 @@ class MixtureWeightsHistory(keras.callbacks.Callback):
             self._append_rows(int(epoch), weights)
 
     def _read_weights(self) -> dict[str, np.ndarray]:
-        return {
-            layer.name: np.array(layer.mixture_weights, copy=True)
-            for layer in self._recorded
-        }
+        return {layer.name: read_mixture(layer) for layer in self._recorded}
 
     def _append_rows(self, epoch: int, weights: dict[str, np.ndarray]) -> None:
         with open(self.csv_path, "a", newline="") as handle:
@@ -171,11 +179,14 @@ def _layer_names(layers) -> tuple[str, ...] | None:
         return None
     if isinstance(layers, str):
         layers = [layers]
-    if (
-        not isinstance(layers, Sequence)
-        or not layers
-        or not all(isinstance(name, str) and name for name in layers)
+    if not isinstance(layers, Sequence) or not all(
+        isinstance(name, str) for name in layers
     ):
+        raise TypeError(
+            "Expected `layers` to be a layer name or a sequence of layer "
+            f"names (strings). Received: layers={layers!r}"
+        )
+    if not layers or not all(layers):
         raise ValueError(
             "Expected `layers` to be a layer name or a non-empty sequence of "
             f"layer names (non-empty strings). Received: layers={layers!r}"

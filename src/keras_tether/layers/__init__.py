@@ -5,7 +5,6 @@ from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._mixture_of_experts import MixtureOfExperts
-from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._parametrized import Parametrized
 from keras_tether.layers._tied_dense import TiedDense
@@ -16,7 +15,6 @@ __all__ = [
     "ConvTranspose",
     "DenseTranspose",
     "EmbeddingTranspose",
-    "EntropyRegularizer",
     "GatedAverage",
     "MixtureOfExperts",
     "ParallelDense",

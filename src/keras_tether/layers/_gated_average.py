@@ -6,12 +6,17 @@ from collections.abc import Sequence
 from typing import Any
 
 import keras
-import numpy as np
 from keras import ops
 
 from keras_tether import simplex as simplex_maps
 from keras_tether._types import Tensor
-from keras_tether._validation import check_bool, check_int, check_number
+from keras_tether._validation import (
+    check_bool,
+    check_int,
+    check_number,
+    check_optional_int,
+    get_keras_object,
+)
 from keras_tether.layers._router import (
     check_router_arguments,
     check_top_k_fits,
@@ -59,9 +64,15 @@ class GatedAverage(keras.layers.Layer):
     gates have shape `(batch, ..., N)` and every branch must have the shape
     `(batch, ..., features...)` with the same leading axes.
 
-    `mixture_weights` is a moving average of the mean gate of each branch
-    over the training batches (for inspection and callbacks, as
-    `WeightedAverage.mixture_weights`).
+    As with `WeightedAverage`, the branches are a list of tensors, or with
+    `branch_axis` one tensor that holds them along that axis, such as the
+    `(batch, N, ...)` output of `keras_tether.layers.ParallelDense`.
+
+    `moving_mean_gates` is a non-trainable variable of shape `(N,)`: like
+    `keras.layers.BatchNormalization`'s `moving_mean`, it follows the mean
+    gate of each branch over the training batches (masked positions left
+    out) with `momentum`, starting at `1 / N`, and sums to one. It shows
+    which branches the router relies on; `MixtureWeightsHistory` records it.
 
     Args:
         simplex: String, `keras_tether.simplex.SimplexMap` or its config:
@@ -75,9 +86,11 @@ class GatedAverage(keras.layers.Layer):
             each example keeps. Defaults to `None`, every branch.
         top_k_order: `"map_first"` or `"top_k_first"`, see above. Defaults
             to `"map_first"`.
-        branch_axis: Integer, the axis of the branches in a stacked
-            `branches` tensor (counted with the batch axis). Ignored when
-            `branches` is a list. Defaults to `1`.
+        branch_axis: Optional integer, an axis of the stacked `branches`
+            other than the batch axis (negative values count from the end).
+            If set, `branches` is one tensor holding the `N >= 2` branches
+            along this axis, whose size must be known when the layer is
+            built. Defaults to `None`: `branches` is a list.
         normalize_router_inputs: Boolean, whether the router applies a
             `LayerNormalization` to the context first. Defaults to `False`.
         router_jitter: Float in `[0, 1)`: in training, the context is
@@ -94,16 +107,16 @@ class GatedAverage(keras.layers.Layer):
             `"glorot_uniform"`.
         return_gates: Boolean, whether the layer returns `(output, gates)`
             instead of `output`. Defaults to `False`.
-        momentum: Float in `[0, 1)`, the momentum of the moving average
-            behind `mixture_weights`. Defaults to `0.99`.
+        momentum: Float in `[0, 1)`, the momentum of `moving_mean_gates`.
+            Defaults to `0.99`.
         seed: Optional integer, the seed of the router's random numbers.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
         inputs: A list `[context, branches]`. `context` is a tensor
             `(batch, ..., d)`; `branches` a list of `N >= 2` tensors of one
-            shape `(batch, ..., features...)`, or a single tensor with the
-            `N` branches along `branch_axis`.
+            shape `(batch, ..., features...)`, or with `branch_axis` a single
+            tensor with the `N` branches along that axis.
         training: Python boolean, whether the call is in training mode.
         mask: Optional masks, supplied by Keras; the context's mask marks
             the positions that count in the auxiliary losses.
@@ -148,7 +161,7 @@ class GatedAverage(keras.layers.Layer):
         temperature: float | None = None,
         top_k: int | None = None,
         top_k_order: str = "map_first",
-        branch_axis: int = 1,
+        branch_axis: int | None = None,
         normalize_router_inputs: bool = False,
         router_jitter: float = 0.0,
         router_noise: float = 0.0,
@@ -172,12 +185,14 @@ class GatedAverage(keras.layers.Layer):
             load_balancing_coefficient,
             z_loss_coefficient,
         )
-        branch_axis = check_int(branch_axis, "branch_axis")
-        if branch_axis == 0:
-            raise ValueError(
-                "Received an invalid value for `branch_axis`, expected an axis "
-                f"other than the batch axis 0. Received: branch_axis={branch_axis}"
-            )
+        if branch_axis is not None:
+            branch_axis = check_int(branch_axis, "branch_axis")
+            if branch_axis == 0:
+                raise ValueError(
+                    "Received an invalid value for `branch_axis`, expected an "
+                    "axis other than the batch axis 0, or None. "
+                    f"Received: branch_axis={branch_axis}"
+                )
         momentum_value = check_number(momentum, "momentum")
         if not 0 <= momentum_value < 1:
             raise ValueError(
@@ -185,6 +200,13 @@ class GatedAverage(keras.layers.Layer):
                 f"[0, 1). Received: momentum={momentum!r}"
             )
         return_gates = check_bool(return_gates, "return_gates")
+        router_initializer = get_keras_object(
+            keras.initializers.get,
+            router_initializer,
+            "router_initializer",
+            "a Keras initializer, its name or its config",
+        )
+        seed = check_optional_int(seed, "seed")
         super().__init__(**kwargs)
         self._router_arguments = router_arguments
         self.simplex = router_arguments["simplex"]
@@ -197,7 +219,7 @@ class GatedAverage(keras.layers.Layer):
         self.router_noise = router_arguments["router_noise"]
         self.load_balancing_coefficient = router_arguments["load_balancing_coefficient"]
         self.z_loss_coefficient = router_arguments["z_loss_coefficient"]
-        self.router_initializer = keras.initializers.get(router_initializer)
+        self.router_initializer = router_initializer
         self.return_gates = return_gates
         self.momentum = momentum_value
         self.seed = seed
@@ -212,29 +234,14 @@ class GatedAverage(keras.layers.Layer):
             num_branches, self._router_arguments, self.router_initializer, self.seed
         )
         self.router.build(context_shape)
-        self.mean_gates = self.add_weight(
-            name="mean_gates",
+        self.moving_mean_gates = self.add_weight(
+            name="moving_mean_gates",
             shape=(num_branches,),
             initializer=keras.initializers.Constant(1.0 / num_branches),
             dtype="float32",
             trainable=False,
             autocast=False,
         )
-
-    @property
-    def mixture_weights(self) -> np.ndarray:
-        """The moving average of the mean gate per branch, shape `(N,)`.
-
-        It starts at `1 / N` and follows the mean gates of the training
-        batches (masked positions left out); it sums to one. Reading it
-        converts a variable on the host: it is for inspection and callbacks.
-        """
-        if not self.built:
-            raise ValueError(
-                f"`mixture_weights` of layer '{self.name}' is not available "
-                "before the layer is built: call the layer on its inputs first."
-            )
-        return np.asarray(ops.convert_to_numpy(self.mean_gates), dtype="float32")
 
     def call(
         self,
@@ -245,9 +252,8 @@ class GatedAverage(keras.layers.Layer):
         context, branches = inputs
         context_shape = tuple(context.shape)
         branch_position = len(context_shape) - 1
-        if isinstance(branches, list | tuple):
-            shapes = [tuple(branch.shape) for branch in branches]
-            self._check_branch_count(len(shapes))
+        if self.branch_axis is None:
+            self._check_branch_count(len(branches))
             stacked = ops.stack(list(branches), axis=branch_position)
         else:
             axis = self._resolve_branch_axis(len(branches.shape))
@@ -260,8 +266,9 @@ class GatedAverage(keras.layers.Layer):
         gates = routing.gates
         if training:
             batch_mean = token_mean(gates, context_mask)
-            self.mean_gates.assign(
-                self.momentum * self.mean_gates + (1.0 - self.momentum) * batch_mean
+            self.moving_mean_gates.assign(
+                self.momentum * self.moving_mean_gates
+                + (1.0 - self.momentum) * batch_mean
             )
         weights = ops.cast(gates, stacked.dtype)
         for _ in range(len(stacked.shape) - branch_position - 1):
@@ -310,8 +317,9 @@ class GatedAverage(keras.layers.Layer):
     def _check_branch_count(self, count: int | None) -> None:
         if self.built and count is not None and count != self._num_branches:
             raise ValueError(
-                f"Layer '{self.name}' was built for {self._num_branches} "
-                f"branches and is now called on {count}."
+                f"Expected `branches` of layer '{self.name}' to hold "
+                f"{self._num_branches} branches, as when it was built. "
+                f"Received: branches holding {count}"
             )
 
     def _resolve_branch_axis(self, rank: int) -> int:
@@ -327,33 +335,49 @@ class GatedAverage(keras.layers.Layer):
 
     def _check_shapes(self, input_shape: Any) -> tuple[tuple, int, tuple]:
         """Returns the context shape, the branch count and one branch's shape."""
+        # A single tensor's shape is also a pair when the tensor has rank 2,
+        # so it is told apart first: its entries are sizes, not shapes.
+        if _is_shape(input_shape):
+            raise TypeError(
+                "Expected `inputs` of the `GatedAverage` layer to be a list "
+                "`[context, branches]`, a context tensor and the branches to "
+                "mix. Received: inputs=one tensor of shape "
+                f"{tuple(input_shape)}"
+            )
         if not isinstance(input_shape, list | tuple) or len(input_shape) != 2:
             raise TypeError(
-                "The `GatedAverage` layer should be called on a list "
-                "`[context, branches]`. Received: inputs of shape "
-                f"{input_shape}"
+                "Expected `inputs` of the `GatedAverage` layer to be a list "
+                "`[context, branches]`, a context tensor and the branches to "
+                f"mix. Received: inputs of shapes {input_shape}"
             )
         context_shape, branches_shape = input_shape
         if not _is_shape(context_shape):
             raise TypeError(
-                "The `context` of the `GatedAverage` layer should be one "
-                f"tensor. Received: a context of shapes {context_shape}"
+                "Expected `context` of the `GatedAverage` layer to be one "
+                f"tensor. Received: context of shapes {context_shape}"
             )
         context_shape = tuple(context_shape)
         if len(context_shape) < 2:
             raise ValueError(
-                "The `context` of the `GatedAverage` layer needs a batch axis "
-                "and a feature axis, shape `(batch, ..., features)`. Received: "
-                f"a context of shape {context_shape}"
+                "Expected `context` of the `GatedAverage` layer to have a batch "
+                "axis and a feature axis, shape `(batch, ..., features)`. "
+                f"Received: context of shape {context_shape}"
             )
         if context_shape[-1] is None:
             raise ValueError(
-                "The last axis of the `context` of the `GatedAverage` layer "
-                "must be known when the layer is built. Received: a context of "
-                f"shape {context_shape}"
+                "Expected the last axis of `context` of the `GatedAverage` "
+                "layer to be known when the layer is built. Received: context "
+                f"of shape {context_shape}"
             )
         lead = len(context_shape) - 1
-        if _is_shape(branches_shape):
+        if self.branch_axis is not None:
+            if not _is_shape(branches_shape):
+                raise TypeError(
+                    "Expected `branches` of the `GatedAverage` layer to be one "
+                    "tensor, since `branch_axis` is set. Received: branches of "
+                    f"shapes {branches_shape} with branch_axis="
+                    f"{self.branch_axis}. Pass `branch_axis=None` to mix a list."
+                )
             stacked = tuple(branches_shape)
             axis = self._resolve_branch_axis(len(stacked))
             num_branches = stacked[axis]
@@ -367,6 +391,13 @@ class GatedAverage(keras.layers.Layer):
             branch_shape = stacked[:axis] + stacked[axis + 1 :]
             shapes = [branch_shape]
         else:
+            if _is_shape(branches_shape):
+                raise TypeError(
+                    "Expected `branches` of the `GatedAverage` layer to be a "
+                    "list of tensors. Received: branches=one tensor of shape "
+                    f"{tuple(branches_shape)}. To mix one tensor along an "
+                    "axis, pass `branch_axis`."
+                )
             shapes = [tuple(shape) for shape in branches_shape]
             num_branches = len(shapes)
             if any(
@@ -374,24 +405,24 @@ class GatedAverage(keras.layers.Layer):
                 for shape in shapes
             ):
                 raise ValueError(
-                    "The branches of the `GatedAverage` layer should all have "
-                    f"the same shape. Received: branches of shapes {shapes}"
+                    "Expected `branches` of the `GatedAverage` layer to have "
+                    f"one shape. Received: branches of shapes {shapes}"
                 )
             branch_shape = shapes[0]
         if num_branches < 2:
             raise ValueError(
-                "The `GatedAverage` layer mixes at least 2 branches. Received: "
-                f"{num_branches} branch(es)"
+                "Expected `branches` of the `GatedAverage` layer to hold at "
+                f"least 2 branches. Received: branches holding {num_branches}"
             )
         if self.built:
             self._check_branch_count(num_branches)
         for shape in shapes:
             if len(shape) < lead or not _compatible(shape[:lead], context_shape[:-1]):
                 raise ValueError(
-                    "Every branch of the `GatedAverage` layer should start with "
-                    f"the leading axes {context_shape[:-1]} of the context "
+                    "Expected `branches` of the `GatedAverage` layer to start "
+                    f"with the leading axes {context_shape[:-1]} of the context "
                     f"(batch, ...). Received: a context of shape {context_shape} "
-                    f"and a branch of shape {shape}"
+                    f"and branches of shape {shape}"
                 )
         return context_shape, num_branches, branch_shape
 

@@ -255,7 +255,7 @@ def check_matrix_shape(shape: tuple[int, ...], who: str) -> None:
     if len(shape) < 2:
         raise ValueError(
             f"`{who}` needs a weight with at least 2 dimensions. "
-            f"Received a weight of shape {shape}."
+            f"Received: a weight of shape={shape}"
         )
 
 
@@ -263,5 +263,5 @@ def check_square_shape(shape: tuple[int, ...], who: str) -> None:
     if len(shape) < 2 or shape[-1] != shape[-2]:
         raise ValueError(
             f"`{who}` needs a weight whose last two dimensions are equal "
-            f"(square matrices). Received a weight of shape {shape}."
+            f"(square matrices). Received: a weight of shape={shape}"
         )

@@ -277,8 +277,8 @@ class Orthogonal(Parametrization):
         if len(shape) < self.batch_axes + 2:
             raise ValueError(
                 f"`Orthogonal` with batch_axes={self.batch_axes} needs a weight "
-                f"with at least {self.batch_axes + 2} dimensions. Received a "
-                f"weight of shape {shape}."
+                f"with at least {self.batch_axes + 2} dimensions. Received: a "
+                f"weight of shape={shape}"
             )
         if self.method == "cayley":
             matrix = self._matrix_shape(shape)

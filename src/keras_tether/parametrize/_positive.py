@@ -6,13 +6,22 @@ import math
 from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_tether._types import Shape, Tensor
-from keras_tether._validation import check_positive_number
+from keras_tether._validation import check_choice, check_positive_number
 from keras_tether.parametrize._base import Parametrization
 
 _FUNCTIONS = ("softplus", "exp")
+
+# A floor below a dtype's smallest normal number could be flushed to zero.
+_SMALLEST_NORMAL = {
+    "float16": float(np.finfo(np.float16).tiny),
+    "bfloat16": float(np.finfo(np.float32).tiny),  # float32's exponent range
+    "float32": float(np.finfo(np.float32).tiny),
+    "float64": float(np.finfo(np.float64).tiny),
+}
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -22,9 +31,19 @@ class Positive(Parametrization):
     With `function="softplus"` the weight is `log(1 + exp(free))`, which grows
     linearly for large `free` and so trains like a plain weight; with
     `function="exp"` it is `exp(free)`, which is scale-invariant (a relative
-    step size). Either way every entry is positive after every optimizer step,
-    whatever the learning rate; a network whose weights are all positive and
-    whose activations are increasing is monotone in each input.
+    step size). A network whose weights are all positive and whose
+    activations are increasing is monotone in each input.
+
+    Both functions reach 0 in floating point (near `free = -104` for `exp`
+    in float32), where their gradient is 0 too: an entry pushed there by a
+    large step would be stuck at 0 for good. So every entry is at least
+    `floor`, whatever the learning rate: where `free` lies below the value
+    that maps to `floor`, the weight is held at `floor` and the gradient
+    passes to `free` as it would at that value (non-zero, and pointing back
+    up when the loss wants a larger weight), so the entry can recover. The
+    floor is raised to the smallest normal number of the weight's dtype
+    where that is larger (float16: about `6.1e-5`), since a smaller one
+    could be flushed to zero.
 
     `right_inverse` maps a positive value back exactly; entries that are not
     positive are first raised to `minimum` (the projection onto the set
@@ -37,6 +56,9 @@ class Positive(Parametrization):
         minimum: Positive float, the value that non-positive entries are
             raised to when a layer's current weight is kept. Defaults to
             `1e-3`.
+        floor: Positive float, at most `minimum`: the smallest value an
+            entry takes. Defaults to `None`, `keras.config.epsilon()` when
+            the object is made (`1e-7` unless configured).
 
     Example:
 
@@ -52,25 +74,45 @@ class Positive(Parametrization):
     [0.5   0.001]
     """
 
-    def __init__(self, function: str = "softplus", minimum: float = 1e-3) -> None:
+    def __init__(
+        self,
+        function: str = "softplus",
+        minimum: float = 1e-3,
+        floor: float | None = None,
+    ) -> None:
         super().__init__()
-        if not isinstance(function, str):
-            raise TypeError(
-                "Expected `function` to be a string. "
-                f"Received: function={function!r} of type {type(function).__name__}"
-            )
-        if function not in _FUNCTIONS:
-            raise ValueError(
-                "Received an invalid value for `function`, expected one of "
-                f"{_FUNCTIONS}. Received: function={function!r}"
-            )
-        self.function = function
+        self.function = check_choice(function, _FUNCTIONS, "function")
         self.minimum = check_positive_number(minimum, "minimum")
+        if floor is None:
+            floor = keras.config.epsilon()
+        self.floor = check_positive_number(floor, "floor")
+        if self.floor > self.minimum:
+            raise ValueError(
+                "Received an invalid value for `floor`, expected a number no "
+                f"larger than `minimum`={self.minimum}. Received: floor={floor}"
+            )
 
     def __call__(self, free: Tensor) -> Tensor:
+        free = ops.convert_to_tensor(free)
+        dtype = keras.backend.standardize_dtype(free.dtype)
+        if dtype not in _SMALLEST_NORMAL:
+            raise TypeError(
+                "Expected the free parameter of `Positive` to have a float "
+                f"dtype, one of {tuple(_SMALLEST_NORMAL)}. Received: a free "
+                f"parameter of dtype {dtype}"
+            )
+        floor = max(self.floor, _SMALLEST_NORMAL[dtype])
         if self.function == "exp":
-            return ops.exp(free)
-        return ops.softplus(free)
+            lowest = math.log(floor)
+        else:
+            lowest = math.log(math.expm1(floor))
+        # Below `lowest` the value is `lowest` and the gradient that of the
+        # identity: the weight's gradient there is the function's at `lowest`.
+        through = ops.add(lowest, ops.subtract(free, ops.stop_gradient(free)))
+        held = ops.where(ops.less(free, lowest), through, free)
+        if self.function == "exp":
+            return ops.exp(held)
+        return ops.softplus(held)
 
     def right_inverse(self, value: Tensor) -> Tensor:
         value = ops.maximum(ops.convert_to_tensor(value, "float32"), self.minimum)
@@ -87,4 +129,8 @@ class Positive(Parametrization):
         return self.right_inverse(draw / math.sqrt(max(fan_in, 1)))
 
     def get_config(self) -> dict[str, Any]:
-        return {"function": self.function, "minimum": self.minimum}
+        return {
+            "function": self.function,
+            "minimum": self.minimum,
+            "floor": self.floor,
+        }

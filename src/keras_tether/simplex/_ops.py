@@ -3,6 +3,7 @@
 from keras import ops
 
 from keras_tether._types import Tensor
+from keras_tether._validation import check_axis_in_range, check_broadcastable
 
 
 def prepare_logits(
@@ -19,6 +20,7 @@ def prepare_logits(
     plausible weights.
     """
     logits = ops.cast(logits, "float32")
+    check_axis_in_range(axis, len(logits.shape), "logits")
     invalid = ops.logical_or(
         ops.any(
             ops.logical_or(ops.isnan(logits), ops.equal(logits, float("inf"))),
@@ -30,6 +32,8 @@ def prepare_logits(
     logits = ops.where(invalid, float("nan"), logits)
     if mask is None:
         return logits, None
+    mask = ops.convert_to_tensor(mask)
+    check_broadcastable(tuple(mask.shape), tuple(logits.shape), "mask", "logits")
     keep = ops.broadcast_to(ops.cast(mask, "bool"), ops.shape(logits))
     nothing_kept = ops.logical_not(ops.any(keep, axis=axis, keepdims=True))
     return logits, ops.logical_or(keep, nothing_kept)

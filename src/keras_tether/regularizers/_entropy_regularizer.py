@@ -1,4 +1,4 @@
-"""Regularizers for mixture weights that lie on the probability simplex."""
+"""`EntropyRegularizer`: a penalty on the entropy of mixture weights."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from keras_tether._types import Tensor
+from keras_tether._validation import check_choice, check_non_negative_number
 
 _TOWARD = ("sparse", "uniform")
 _LOG_FLOOR = 1e-12
@@ -36,7 +37,7 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
     Example:
 
     >>> import numpy as np
-    >>> from keras_tether.layers import EntropyRegularizer
+    >>> from keras_tether.regularizers import EntropyRegularizer
     >>> regularizer = EntropyRegularizer(strength=1.0, toward="uniform")
     >>> float(regularizer(np.array([0.5, 0.5], "float32")))
     0.0
@@ -45,26 +46,16 @@ class EntropyRegularizer(keras.regularizers.Regularizer):
     """
 
     def __init__(self, strength: float = 0.01, toward: str = "sparse"):
-        if (
-            isinstance(strength, bool)
-            or not isinstance(strength, int | float)
-            or not math.isfinite(strength)
-            or strength < 0
-        ):
-            raise ValueError(
-                "Received an invalid value for `strength`, expected a "
-                f"non-negative number. Received: strength={strength!r}"
-            )
-        if toward not in _TOWARD:
-            raise ValueError(
-                "Received an invalid value for `toward`, expected one of "
-                f"{_TOWARD}. Received: toward={toward!r}"
-            )
-        self.strength = float(strength)
-        self.toward = toward
+        self.strength = check_non_negative_number(strength, "strength")
+        self.toward = check_choice(toward, _TOWARD, "toward")
 
     def __call__(self, weights: Tensor) -> Tensor:
         weights = ops.cast(weights, "float32")
+        if len(weights.shape) == 0:
+            raise ValueError(
+                "Expected `weights` with a branch axis first, shape `(N,)` or "
+                "`(N, features)`. Received: weights of shape ()"
+            )
         entropy = -ops.sum(weights * ops.log(ops.maximum(weights, _LOG_FLOOR)), axis=0)
         if self.toward == "uniform":
             penalty = math.log(weights.shape[0]) - entropy
