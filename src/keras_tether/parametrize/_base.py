@@ -200,7 +200,7 @@ def deserialize(config: dict[str, Any]) -> Parametrization:
 
     >>> from keras_tether import parametrize
     >>> parametrize.deserialize(parametrize.serialize(parametrize.Positive()))
-    Positive(function='softplus', minimum=0.001)
+    Positive(function='softplus', minimum=0.001, floor=1e-07)
     """
     if not isinstance(config, dict):
         raise TypeError(
