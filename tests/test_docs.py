@@ -3,11 +3,11 @@
 import doctest
 import importlib
 import pkgutil
-import re
 import sys
 from pathlib import Path
 
 import pytest
+from test_docs_render import python_blocks
 
 import keras_tether
 
@@ -15,7 +15,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _python_blocks(text):
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    # The blocks as they render, so that a block with a broken fence is not run
+    # as something else.
+    return python_blocks(text)
 
 
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from test_docs_render import python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -22,7 +23,9 @@ def _pages():
 
 
 def _python_blocks(text):
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    # The blocks as they render, so that a block with a broken fence is not run
+    # as something else.
+    return python_blocks(text)
 
 
 def test_every_page_is_in_the_navigation():
