@@ -28,6 +28,15 @@ def _python_blocks(text):
     return python_blocks(text)
 
 
+def test_the_home_page_links_every_page_of_the_navigation():
+    config = (ROOT / "mkdocs.yml").read_text()
+    listed = re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", config, flags=re.MULTILINE)
+    home = (DOCS / "index.md").read_text()
+    linked = set(re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", home))
+    missing = [page for page in listed if page != "index.md" and page not in linked]
+    assert not missing, f"docs/index.md does not link to {missing}"
+
+
 def test_every_page_is_in_the_navigation():
     config = (ROOT / "mkdocs.yml").read_text()
     listed = set(re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", config, flags=re.MULTILINE))
