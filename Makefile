@@ -71,7 +71,8 @@ chromium:
 		|| echo "chromium could not be installed: the browser check will skip"
 
 # The site `make docs` built, in headless Chromium: it renders, navigates and
-# has no broken link.
+# has no broken link, nothing runs off the right edge at 1280 px; a screenshot
+# of each page goes to docs-screenshots/.
 docs-check: chromium
 	$(BIN)/python .ci/browse_docs.py site
 
@@ -80,4 +81,4 @@ format: $(STAMP)
 	$(BIN)/ruff format src tests examples
 
 clean:
-	rm -rf $(VENV) build dist site docs/generated demo-output bench-output .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist site docs-screenshots docs/generated demo-output bench-output .pytest_cache .ruff_cache
