@@ -56,7 +56,7 @@ one-backend: dist
 DOCS_BACKEND ?= jax
 docs-assets: $(STAMP)
 	KERAS_BACKEND=$(DOCS_BACKEND) $(BIN)/python -m demo --out docs/generated/demo
-	$(BIN)/python -m benchmarks --backends $(DOCS_BACKEND) --quick \
+	$(BIN)/python -m benchmarks --backends $(DOCS_BACKEND) --smoke \
 		--out docs/generated/bench/bench.json
 
 # The documentation site, in site/, with warnings as errors.
