@@ -175,8 +175,9 @@ def _markdown(combined: dict[str, Any], has_chart: bool) -> str:
     return "\n".join(lines)
 
 
-# The chart's benchmark labels wrap at this many characters.
-LABEL_WIDTH = 44
+# The chart is about as wide as the docs column (730 px), so that it is shown
+# nearly unscaled; its benchmark labels wrap at this many characters.
+LABEL_WIDTH = 40
 
 
 def _plot_ratios(rows: Sequence[dict[str, Any]], path: str) -> bool:
@@ -199,7 +200,7 @@ def _plot_ratios(rows: Sequence[dict[str, Any]], path: str) -> bool:
     height = 0.8 / len(backends)
     # Each benchmark takes as much room as its wrapped label or its bars.
     lines = sum(max(label.count("\n") + 1, len(backends)) for label in labels.values())
-    figure, axes = pyplot.subplots(figsize=(10, 0.22 * lines + 0.3 * len(keys) + 2))
+    figure, axes = pyplot.subplots(figsize=(8.0, 0.22 * lines + 0.3 * len(keys) + 2))
     for index, backend in enumerate(backends):
         mine = [row for row in rows if row["backend"] == backend]
         positions = [
