@@ -1,13 +1,18 @@
 """Checks the built documentation site in a real headless browser.
 
-Serves `site/` over HTTP on localhost and opens it in Chromium: the landing
-page must render (its heading and the navigation present in the DOM after
-the scripts ran), every page of the navigation must open and render, and
-no link, image, stylesheet or script of any page may point at a missing file
-or anchor. Links to other sites are counted, not fetched: the check runs
-offline.
+Serves `site/` over HTTP on localhost and opens it in Chromium at a window
+1280 px wide: the landing page must render (its heading and the navigation
+present in the DOM after the scripts ran), every page of the navigation must
+open and render, no link, image, stylesheet or script of any page may point at
+a missing file or anchor, and nothing may run off the right edge: the page
+must not scroll sideways, and no element of a page's text (a code block, a
+table, an image) may reach past the text's column unless a box of its own
+scrolls or clips it. Links to other sites are counted, not fetched: the check
+runs offline. A screenshot of each page, the whole page's height, is written to
+the screenshots folder, for a person to look at.
 
-Usage: python .ci/browse_docs.py [SITE_DIR]   (exit 0: passed, 1: failed)
+Usage: python .ci/browse_docs.py [SITE_DIR] [--screenshots DIR]
+       (exit 0: passed, 1: failed; screenshots default to docs-screenshots/)
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from __future__ import annotations
 import functools
 import html.parser
 import http.server
+import io
+import json
 import os
 import shutil
 import subprocess
@@ -34,7 +41,59 @@ CHROMIUM_FLAGS = (
     "--disable-sync",
     "--no-first-run",
     "--virtual-time-budget=5000",
+    "--hide-scrollbars",
 )
+WIDTH = 1280
+HEIGHT = 900
+# The tallest screenshot taken, in pixels; a longer page is cut there.
+MAX_SCREENSHOT_HEIGHT = 12000
+
+# Served at the end of every HTML page: once the page has loaded, it measures
+# the layout and writes the result into the DOM, where --dump-dom shows it.
+MEASURE = """
+<script>
+window.addEventListener("load", () => {
+  const root = document.documentElement;
+  const column = document.querySelector(".md-content") || document.body;
+  const limit = column.getBoundingClientRect().right + 1;
+  const clips = (element) => {
+    const overflow = getComputedStyle(element).overflowX;
+    return ["auto", "scroll", "hidden", "clip"].includes(overflow);
+  };
+  const overflowing = [];
+  for (const element of column.querySelectorAll("*")) {
+    const box = element.getBoundingClientRect();
+    if (!box.width || !box.height || box.right <= limit) continue;
+    if (getComputedStyle(element).visibility === "hidden") continue;
+    let clipped = false;
+    for (let up = element.parentElement; up && up !== column; up = up.parentElement) {
+      if (clips(up) && up.getBoundingClientRect().right <= limit) {
+        clipped = true;
+        break;
+      }
+    }
+    if (clipped) continue;
+    const text = (element.textContent || "").trim().replace(/\\s+/g, " ");
+    overflowing.push(
+      `<${element.tagName.toLowerCase()} class="${element.className}">` +
+      ` ends at ${Math.round(box.right)} px past ${Math.round(limit)} px: ` +
+      text.slice(0, 60)
+    );
+  }
+  const result = {
+    viewport: root.clientWidth,
+    scrollWidth: root.scrollWidth,
+    height: root.scrollHeight,
+    overflowing: overflowing.slice(0, 5),
+    overflowingCount: overflowing.length,
+  };
+  const meta = document.createElement("meta");
+  meta.name = "keras-tether-layout";
+  meta.content = JSON.stringify(result);
+  document.head.appendChild(meta);
+});
+</script>
+"""
 
 
 class _Page(html.parser.HTMLParser):
@@ -48,6 +107,7 @@ class _Page(html.parser.HTMLParser):
         self.headings = 0
         self._in_title = False
         self.title = ""
+        self.layout: dict | None = None
 
     def handle_starttag(self, tag, attrs):
         attributes = dict(attrs)
@@ -55,6 +115,8 @@ class _Page(html.parser.HTMLParser):
             self.ids.add(attributes["id"])
         if tag == "h1":
             self.headings += 1
+        if tag == "meta" and attributes.get("name") == "keras-tether-layout":
+            self.layout = json.loads(attributes.get("content") or "null")
         if tag == "title":
             self._in_title = True
         for name in ("href", "src"):
@@ -82,20 +144,56 @@ def find_chromium() -> str | None:
     return None
 
 
-def dump_dom(chromium: str, url: str) -> str:
-    """The DOM of `url` after its scripts ran, from a fresh browser profile."""
+def _chromium(chromium: str, url: str, height: int, *action: str):
     with tempfile.TemporaryDirectory(prefix="keras-tether-chromium-") as profile:
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}"]
-        completed = subprocess.run(
-            [*command, "--dump-dom", url],
+        command = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={WIDTH},{height}",
+        ]
+        return subprocess.run(
+            [*command, *action, url],
             capture_output=True,
             text=True,
             timeout=120,
         )
+
+
+def dump_dom(chromium: str, url: str) -> str:
+    """The DOM of `url` after its scripts ran, from a fresh browser profile."""
+    completed = _chromium(chromium, url, HEIGHT, "--dump-dom")
     if completed.returncode != 0 or "<html" not in completed.stdout:
         tail = completed.stderr.strip().splitlines()[-3:]
         raise RuntimeError(f"chromium could not open {url}: {' | '.join(tail)}")
     return completed.stdout
+
+
+def screenshot(chromium: str, url: str, height: int, path: str) -> None:
+    """A PNG of `url`, `WIDTH` wide and `height` tall."""
+    completed = _chromium(chromium, url, height, f"--screenshot={path}")
+    if completed.returncode != 0 or not os.path.isfile(path):
+        tail = completed.stderr.strip().splitlines()[-3:]
+        raise RuntimeError(f"chromium took no screenshot of {url}: {' | '.join(tail)}")
+
+
+def layout_problems(url: str, page: _Page) -> list[str]:
+    """What runs off the right edge of `page`, measured at `WIDTH` px."""
+    layout = page.layout
+    if layout is None:
+        return [f"{url}: the layout was not measured (the page did not load)"]
+    problems = []
+    if layout["scrollWidth"] > layout["viewport"]:
+        problems.append(
+            f"{url}: the page scrolls sideways at {WIDTH} px: it is "
+            f"{layout['scrollWidth']} px wide in a {layout['viewport']} px window"
+        )
+    if layout["overflowingCount"]:
+        problems.append(
+            f"{url}: {layout['overflowingCount']} elements run off the text's "
+            f"column at {WIDTH} px, such as: " + " | ".join(layout["overflowing"])
+        )
+    return problems
 
 
 def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
@@ -106,8 +204,25 @@ def _serve(folder: str) -> tuple[http.server.ThreadingHTTPServer, str]:
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves the site, with the layout measurement at the end of each page."""
+
     def log_message(self, format, *args):
         pass
+
+    def send_head(self):
+        path = self.translate_path(self.path)
+        if os.path.isdir(path):
+            path = os.path.join(path, "index.html")
+        if not path.endswith(".html") or not os.path.isfile(path):
+            return super().send_head()
+        with open(path, "rb") as file:
+            body = file.read()
+        body = body.replace(b"</body>", MEASURE.encode() + b"</body>", 1)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
 
 
 def _fetch(url: str) -> str | None:
@@ -118,7 +233,12 @@ def _fetch(url: str) -> str | None:
         return None
 
 
-def check(site: str, chromium: str) -> list[str]:
+def _screenshot_name(root: str, url: str) -> str:
+    name = url[len(root) :].strip("/").replace("/", "-")
+    return (name or "index") + ".png"
+
+
+def check(site: str, chromium: str, screenshots: str) -> list[str]:
     """Returns the problems found; an empty list means the site passed."""
     server, root = _serve(site)
     problems: list[str] = []
@@ -138,6 +258,13 @@ def check(site: str, chromium: str) -> list[str]:
             if not page.headings:
                 problems.append(f"navigation to {url} shows no page heading")
             pages[url.split("#")[0]] = page
+        os.makedirs(screenshots, exist_ok=True)
+        for url, page in pages.items():
+            problems.extend(layout_problems(url, page))
+            if page.layout is not None:
+                height = min(max(page.layout["height"], HEIGHT), MAX_SCREENSHOT_HEIGHT)
+                path = os.path.join(screenshots, _screenshot_name(root, url))
+                screenshot(chromium, url, height, path)
         external = 0
         html_cache: dict[str, _Page | None] = dict(pages)
         for url, page in pages.items():
@@ -164,7 +291,8 @@ def check(site: str, chromium: str) -> list[str]:
                     problems.append(f"{url}: missing anchor {reference}")
         print(
             f"browsed {len(pages)} pages in Chromium, checked the links on them "
-            f"({external} links to other sites not fetched)"
+            f"({external} links to other sites not fetched), measured them at "
+            f"{WIDTH} px and wrote their screenshots to {screenshots}/"
         )
     finally:
         server.shutdown()
@@ -172,7 +300,13 @@ def check(site: str, chromium: str) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    site = argv[1] if len(argv) > 1 else "site"
+    arguments = argv[1:]
+    screenshots = "docs-screenshots"
+    if "--screenshots" in arguments:
+        at = arguments.index("--screenshots")
+        screenshots = arguments[at + 1]
+        del arguments[at : at + 2]
+    site = arguments[0] if arguments else "site"
     if not os.path.isfile(os.path.join(site, "index.html")):
         print(f"no built site in {site}/: run `make docs` first", file=sys.stderr)
         return 1
@@ -180,11 +314,14 @@ def main(argv: list[str]) -> int:
     if chromium is None:
         print("SKIPPED: the docs browser check needs Chromium, which is not installed")
         return 0
-    problems = check(site, chromium)
+    problems = check(site, chromium, screenshots)
     for problem in problems:
         print(f"docs check: {problem}", file=sys.stderr)
     if not problems:
-        print("docs check passed: the site renders, navigates and has no broken link")
+        print(
+            "docs check passed: the site renders, navigates, has no broken link "
+            f"and nothing runs off the right edge at {WIDTH} px"
+        )
     return 1 if problems else 0
 
 

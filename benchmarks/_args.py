@@ -57,7 +57,7 @@ def scenario_list(text: str) -> list[str]:
 
 
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
-    """Adds the benchmark's `--scenarios`, `--rounds`, `--warmup` and `--quick`."""
+    """Adds the benchmark's `--scenarios`, `--rounds`, `--warmup` and `--smoke`."""
     # Imported here, not at the top: `timing` is light, but it belongs to bench.
     from benchmarks.scenarios import MODULES
     from benchmarks.timing import FULL_BUDGET, QUICK_BUDGET
@@ -78,7 +78,7 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=(
             f"timed rounds per comparison (default {FULL_BUDGET.rounds}, "
-            f"or {QUICK_BUDGET.rounds} with --quick)"
+            f"or {QUICK_BUDGET.rounds} with --smoke)"
         ),
     )
     parser.add_argument(
@@ -87,11 +87,19 @@ def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=(
             "untimed steps per model before timing, which include compilation "
-            f"(default {FULL_BUDGET.warmup}, or {QUICK_BUDGET.warmup} with --quick)"
+            f"(default {FULL_BUDGET.warmup}, or {QUICK_BUDGET.warmup} with --smoke)"
         ),
     )
+    # Named for what it does: every scenario still compiles its models (and
+    # the first-fit ones start fresh processes), so on two CPU cores it takes
+    # a minute or more per backend, not seconds.
     parser.add_argument(
-        "--quick",
+        "--smoke",
+        dest="quick",
         action="store_true",
-        help="tiny models and few rounds: checks that everything runs, in seconds",
+        help=(
+            "smoke test: tiny models and one or two rounds, to check that every "
+            "scenario runs (a minute or two per backend); ratios are indicative "
+            "only and no target is judged"
+        ),
     )

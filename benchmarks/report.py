@@ -3,35 +3,49 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any
 
 from benchmarks.schema import BASELINE_KINDS
 
 QUICK_NOTE = (
-    "Quick mode: tiny models and few rounds. It shows that every scenario "
-    "runs; its ratios are indicative only, and no target is judged."
+    "Smoke test: tiny models, few rounds; it shows that every scenario runs. "
+    "Ratios are indicative only; no target is judged."
 )
 CHART = "ratios.png"
 REPORT = "report.md"
 
+# The terminal is assumed this wide; the benchmark names wrap to fit.
+TABLE_WIDTH = 120
 TABLE_HEADER = (
     "backend",
-    "benchmark",
-    "ours (ms/step)",
-    "baseline (ms/step)",
-    "ratio",
+    "benchmark: ours vs baseline",
+    "ours ms",
+    "base ms",
+    "ours/base",
     "target",
     "met",
+)
+TABLE_LEGEND = (
+    "ours/base: median over the timed rounds of ours' step time divided by the "
+    "baseline's in the same round (below 1: ours is faster). The ms columns are "
+    "each model's own median step time, so their quotient can differ from it when "
+    "the machine's speed varies between rounds. target: the largest ours/base "
+    "that meets it."
 )
 
 
 def format_table(rows: Sequence[dict[str, Any]]) -> str:
-    """Renders result rows as an aligned text table."""
-    lines = [TABLE_HEADER]
+    """Renders result rows as an aligned text table, `TABLE_WIDTH` wide at most.
+
+    A long benchmark name wraps onto the next lines of its row; a legend above
+    the table says what the ratio is.
+    """
+    cells = []
     for row in rows:
         target = row["target"]
-        lines.append(
+        cells.append(
             (
                 row["backend"],
                 f"{row['benchmark']}: {row['ours']} vs {row['baseline']}",
@@ -42,17 +56,27 @@ def format_table(rows: Sequence[dict[str, Any]]) -> str:
                 _verdict(row),
             )
         )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(TABLE_HEADER))]
+    widths = [
+        max(len(line[i]) for line in [TABLE_HEADER, *cells])
+        for i in range(len(TABLE_HEADER))
+    ]
+    separators = 3 * (len(TABLE_HEADER) - 1)
+    others = sum(widths) - widths[1] + separators
+    widths[1] = max(len(TABLE_HEADER[1]), min(widths[1], TABLE_WIDTH - others))
     numeric = {2, 3, 4}
-    text = []
-    for number, line in enumerate(lines):
-        cells = [
-            cell.rjust(width) if i in numeric and number else cell.ljust(width)
+
+    def render(line, header=False):
+        return " | ".join(
+            cell.rjust(width) if i in numeric and not header else cell.ljust(width)
             for i, (cell, width) in enumerate(zip(line, widths, strict=True))
-        ]
-        text.append(" | ".join(cells).rstrip())
-        if number == 0:
-            text.append("-+-".join("-" * width for width in widths))
+        ).rstrip()
+
+    text = textwrap.wrap(TABLE_LEGEND, TABLE_WIDTH)
+    text += [render(TABLE_HEADER, header=True), "-+-".join("-" * w for w in widths)]
+    for line in cells:
+        name, *more = textwrap.wrap(line[1], widths[1], break_on_hyphens=False)
+        text.append(render((line[0], name, *line[2:])))
+        text += [render(("", part, "", "", "", "", "")) for part in more]
     return "\n".join(text)
 
 
@@ -151,6 +175,11 @@ def _markdown(combined: dict[str, Any], has_chart: bool) -> str:
     return "\n".join(lines)
 
 
+# The chart is about as wide as the docs column (730 px), so that it is shown
+# nearly unscaled; its benchmark labels wrap at this many characters.
+LABEL_WIDTH = 40
+
+
 def _plot_ratios(rows: Sequence[dict[str, Any]], path: str) -> bool:
     try:  # matplotlib comes with the optional 'demo' extra
         import matplotlib
@@ -165,12 +194,13 @@ def _plot_ratios(rows: Sequence[dict[str, Any]], path: str) -> bool:
         label = f"{row['benchmark']}: {row['ours']} vs {row['baseline']}"
         if row["target"] is not None:
             label += f" (target <= {row['target']:.2f})"
-        labels.setdefault(key, label)
+        labels.setdefault(key, "\n".join(textwrap.wrap(label, LABEL_WIDTH)))
     keys = list(labels)
     backends = list(dict.fromkeys(row["backend"] for row in rows))
     height = 0.8 / len(backends)
-    size = (12, 0.4 * len(keys) * len(backends) + 1.8)
-    figure, axes = pyplot.subplots(figsize=size)
+    # Each benchmark takes as much room as its wrapped label or its bars.
+    lines = sum(max(label.count("\n") + 1, len(backends)) for label in labels.values())
+    figure, axes = pyplot.subplots(figsize=(8.0, 0.22 * lines + 0.3 * len(keys) + 2))
     for index, backend in enumerate(backends):
         mine = [row for row in rows if row["backend"] == backend]
         positions = [
@@ -178,18 +208,43 @@ def _plot_ratios(rows: Sequence[dict[str, Any]], path: str) -> bool:
             + index * height
             for row in mine
         ]
-        axes.barh(positions, [row["ratio"] for row in mine], height, label=backend)
+        # Bars grow from 1 (as fast as the baseline) to the ratio, on a log
+        # axis: 2x slower and 2x faster are as long.
+        ratios = [row["ratio"] for row in mine]
+        axes.barh(
+            positions,
+            [ratio - 1.0 for ratio in ratios],
+            height,
+            left=1.0,
+            label=backend,
+        )
+    axes.set_xscale("log")
+    ratios = [row["ratio"] for row in rows]
+    low, high = min(min(ratios), 1.0), max(max(ratios), 1.0)
+    axes.set_xlim(low / 1.25, high * 1.25)
+    axes.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    axes.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     axes.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
+    axes.grid(axis="x", which="both", linewidth=0.3)
     middle = (len(backends) - 1) * height / 2
     axes.set_yticks([n + middle for n in range(len(keys))], list(labels.values()))
+    axes.tick_params(axis="y", labelsize=8)
     axes.invert_yaxis()
-    axes.set_xlabel("ours / baseline step time (below 1: ours is faster)")
+    axes.set_xlabel("ours / baseline step time, log scale (below 1: ours is faster)")
     title = "keras-tether: step-time ratios per backend"
     if any(row.get("indicative") for row in rows):
-        title += "\nquick mode: indicative only"
-    axes.set_title(title)
-    axes.legend(loc="lower right")
+        title += " (smoke test: indicative only)"
+    # The legend sits between the title and the plot, where it hides no bar.
+    axes.set_title(title, pad=28)
+    axes.legend(
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncol=len(backends),
+        frameon=False,
+    )
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    # bbox_inches="tight" grows the image to whatever the labels need.
+    figure.savefig(path, dpi=100, bbox_inches="tight")
     pyplot.close(figure)
     return True

@@ -193,7 +193,7 @@ def run_all(
 
     Args:
         backends: Names of the backends to measure, in order.
-        quick: Boolean, whether to run the tiny `--quick` benchmark.
+        quick: Boolean, whether to run the tiny `--smoke` benchmark.
         rounds: Optional positive integer, timed rounds per comparison.
         warmup: Optional positive integer, untimed steps per model.
         out: Optional path of the combined JSON file; its folder is created.
@@ -270,7 +270,7 @@ def _run_subprocess(
             path,
         ]
         if quick:
-            command.append("--quick")
+            command.append("--smoke")
         if rounds is not None:
             command += ["--rounds", str(rounds)]
         if warmup is not None:

@@ -8,6 +8,8 @@ both the experts and the routing; the load-balancing loss keeps the experts in
 use. After training, `route` shows which expert each sample goes to: a table of
 clusters against experts, mostly one expert per cluster.
 
+Install: pip install "keras-tether[BACKEND]" (BACKEND: jax, torch or tensorflow)
+
 Run it as a script (small sizes by default so it finishes in seconds):
 
     python examples/mixture_of_experts.py --epochs 60 --samples 2048

@@ -17,6 +17,9 @@ Three versions of the same small network are trained on the three features:
 For each it reports the test mean squared error and how often raising one input
 lowers the prediction (0 for a monotone model), measured on a grid.
 
+Install: pip install "keras-tether[BACKEND,demo]" (BACKEND: jax, torch or
+tensorflow; the `demo` extra brings scikit-learn, whose data set it reads)
+
 Run it as a script (it finishes in well under a minute):
 
     python examples/monotone_regression.py --epochs 300

@@ -7,9 +7,10 @@ trainable `W1 + W2 + W3 = 1`; and what if there are N parallel branches?
 With keras-tether the mixture is one layer, `WeightedAverage`, called on the
 list of branch outputs like `keras.layers.Add`. It learns one logit per
 branch and maps them onto the simplex (softmax by default), so the weights
-stay non-negative and sum to one at every step, for any N. The model saves
-and loads as a plain `.keras` file, and `mixture_weights` reads the current
-weights as a NumPy array.
+stay non-negative and sum to one at every step, for any N. The script
+trains the model, saves it as a plain `.keras` file, loads it back with
+`safe_mode=True`, and reads the learned weights from the loaded model with
+`mixture_weights` (a NumPy array).
 
 With many branches, hold them in one layer instead of N: `ParallelDense`
 keeps the N MLPs' kernels stacked, so the whole ensemble is one matrix
@@ -17,15 +18,20 @@ product per layer, and `WeightedAverage(branch_axis=1)` mixes its
 `(batch, N, 10)` output. `build_stacked_model` is that form of the same
 model; `--stacked` trains it.
 
+Install: pip install "keras-tether[BACKEND]" (BACKEND: jax, torch or tensorflow)
+
 Run it as a script (small sizes by default so it finishes in seconds):
 
     python examples/seed_mixing.py --branches 3 --epochs 10 --samples 1000
+    python examples/seed_mixing.py --branches 7 --save mixed.keras
     python examples/seed_mixing.py --branches 16 --stacked
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 
 # Before keras: with no backend named and TensorFlow not installed, this
 # chooses an installed one (JAX, else PyTorch) for Keras to use.
@@ -76,14 +82,20 @@ def main(
     seed: int = 0,
     verbose: int = 0,
     stacked: bool = False,
+    path: str | None = None,
 ) -> tuple[keras.Model, np.ndarray, np.ndarray]:
-    """Trains the model of the question on random data.
+    """Trains the model of the question on random data, saves it and loads it.
 
     With `stacked=True`, trains `build_stacked_model` on the same data
     stacked along axis 1.
 
+    Args:
+        path: Where to save the `.keras` file. Defaults to a temporary folder
+            that is removed afterwards.
+
     Returns:
-        The trained model, and its mixture weights before and after `fit`.
+        The model loaded back from the file, the mixture weights before
+        `fit`, and the mixture weights read from the loaded model.
     """
     keras.utils.set_random_seed(seed)
     rng = np.random.default_rng(seed)
@@ -101,10 +113,23 @@ def main(
     mixture = model.get_layer("mixture")
     before = mixture.mixture_weights
     model.fit(x, y, epochs=epochs, batch_size=32, verbose=verbose)
-    after = mixture.mixture_weights
+    trained = mixture.mixture_weights
+
+    with tempfile.TemporaryDirectory() as scratch:
+        file = path or os.path.join(scratch, "seed_mixing.keras")
+        model.save(file)
+        loaded = keras.saving.load_model(file, safe_mode=True)
+    after = loaded.get_layer("mixture").mixture_weights
+    # The file holds the trained mixture exactly, and the loaded model computes
+    # what the trained one does.
+    np.testing.assert_array_equal(after, trained)
+    sample = x[:8] if stacked else [branch[:8] for branch in x]
+    np.testing.assert_allclose(
+        loaded.predict(sample, verbose=0), model.predict(sample, verbose=0), rtol=1e-6
+    )
     print(f"mixture weights before fit: {np.round(before, 4)}")
-    print(f"mixture weights after fit:  {np.round(after, 4)} (sum {after.sum():.6f})")
-    return model, before, after
+    print(f"mixture weights, loaded:    {np.round(after, 4)} (sum {after.sum():.6f})")
+    return loaded, before, after
 
 
 if __name__ == "__main__":
@@ -117,6 +142,7 @@ if __name__ == "__main__":
         action="store_true",
         help="train the ParallelDense + WeightedAverage(branch_axis=1) form",
     )
+    parser.add_argument("--save", default=None, help="path of the .keras file")
     args = parser.parse_args()
     main(
         epochs=args.epochs,
@@ -124,4 +150,5 @@ if __name__ == "__main__":
         num_branches=args.branches,
         verbose=1,
         stacked=args.stacked,
+        path=args.save,
     )

@@ -12,6 +12,8 @@ once. Loading the `.keras` file (with `safe_mode=True`) rebuilds the tie: the
 loaded decoder computes with the loaded encoder's kernel, and training the
 loaded model keeps them tied.
 
+Install: pip install "keras-tether[BACKEND]" (BACKEND: jax, torch or tensorflow)
+
 Run it as a script (small sizes by default so it finishes in seconds):
 
     python examples/tied_dense_transpose.py --input-dim 64 --units 16 --epochs 5

@@ -1,7 +1,7 @@
 """Tests of the benchmarks (`make bench`): their method, report and JSON.
 
 Speed is not tested here; `make bench` measures it. These tests run the
-benchmark in `--quick` mode on the backend under test and check that it
+benchmark in `--smoke` mode on the backend under test and check that it
 reports what it claims to measure.
 """
 
@@ -58,7 +58,7 @@ def quick_run(tmp_path_factory):
             [
                 "--backend",
                 BACKEND,
-                "--quick",
+                "--smoke",
                 "--rounds",
                 str(ROUNDS),
                 "--out",
@@ -209,8 +209,22 @@ def test_quick_mode_is_labelled_indicative_and_judges_no_target(quick_run):
     assert all(row["met"] is None for row in result["rows"])
     assert stdout.startswith(report.QUICK_NOTE)
     table = stdout.split("\n", 1)[1]
-    verdicts = [line.rsplit("|", 1)[1].strip() for line in table.splitlines()[2:]]
+    verdicts = [line.rsplit("|", 1)[1].strip() for line in _table_rows(table)]
     assert verdicts == ["indicative"] * len(result["rows"])
+    assert max(len(line) for line in stdout.splitlines()) <= report.TABLE_WIDTH
+
+
+def _table_rows(table):
+    """The first line of each row of `format_table`'s table."""
+    lines = table.splitlines()
+    start = next(i for i, line in enumerate(lines) if line and set(line) <= set("-+"))
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.strip():
+            break
+        if not line.startswith(" "):  # not the wrapped rest of a long name
+            rows.append(line)
+    return rows
 
 
 def test_quick_run_numbers_are_positive_and_consistent(quick_run):
@@ -293,23 +307,17 @@ def test_quick_run_counts_the_autoencoder_parameters(quick_run):
 
 def test_quick_run_prints_a_table(quick_run):
     _, result, stdout = quick_run
-    lines = stdout.strip().splitlines()[1:]  # after the quick-mode note
-    header = [cell.strip() for cell in lines[0].split("|")]
-    assert header == [
-        "backend",
-        "benchmark",
-        "ours (ms/step)",
-        "baseline (ms/step)",
-        "ratio",
-        "target",
-        "met",
-    ]
-    body = lines[2:]
+    lines = stdout.strip().splitlines()[1:]  # after the smoke-test note
+    header_at = next(i for i, line in enumerate(lines) if line.startswith("backend"))
+    header = [cell.strip() for cell in lines[header_at].split("|")]
+    assert header == list(report.TABLE_HEADER)
+    body = _table_rows("\n".join(lines))
     assert len(body) == len(result["rows"])
     for line, row in zip(body, result["rows"], strict=True):
         cells = [cell.strip() for cell in line.split("|")]
         assert cells[0] == BACKEND
-        assert cells[1] == f"{row['benchmark']}: {row['ours']} vs {row['baseline']}"
+        label = f"{row['benchmark']}: {row['ours']} vs {row['baseline']}"
+        assert label.startswith(cells[1])
         assert float(cells[4]) == pytest.approx(row["ratio"], abs=5e-4)
 
 
@@ -386,14 +394,39 @@ def test_format_table_marks_targets():
             "met": None,
         },
     ]
-    lines = report.format_table(rows).splitlines()
-    assert [cell.strip() for cell in lines[2].split("|")][-2:] == ["<= 1.10", "NO"]
-    assert [cell.strip() for cell in lines[3].split("|")][-2:] == ["-", "-"]
+    table = report.format_table(rows)
+    first, second = _table_rows(table)
+    assert [cell.strip() for cell in first.split("|")][-2:] == ["<= 1.10", "NO"]
+    assert [cell.strip() for cell in second.split("|")][-2:] == ["-", "-"]
+    assert "ours/base: median over the timed rounds" in table
+
+
+def test_format_table_wraps_long_names_within_the_width():
+    name = "parallel training step, 256 branches of Dense(64) on 64 features"
+    row = {
+        "backend": "tensorflow",
+        "benchmark": name,
+        "ours": "ParallelDense + WeightedAverage(branch_axis=1)",
+        "baseline": "256 separate Dense layers + WeightedAverage",
+        "ours_ms": 1234.5,
+        "baseline_ms": 2345.6,
+        "ratio": 0.526,
+        "target": 1.0,
+        "met": True,
+    }
+    lines = report.format_table([row]).splitlines()
+    assert max(len(line) for line in lines) <= report.TABLE_WIDTH
+    (first,) = _table_rows("\n".join(lines))
+    cells = [cell.strip() for cell in first.split("|")]
+    assert cells[0] == "tensorflow" and cells[4:] == ["0.526", "<= 1.00", "yes"]
+    at = lines.index(first)
+    wrapped = " ".join(line.split("|")[1].strip() for line in lines[at:])
+    assert wrapped == f"{name}: {row['ours']} vs {row['baseline']}"
 
 
 def test_main_refuses_a_backend_keras_is_not_using(capsys):
     other = next(name for name in _args.BACKENDS if name != BACKEND)
-    assert runner.main(["--backend", other, "--quick"]) == 2
+    assert runner.main(["--backend", other, "--smoke"]) == 2
     err = capsys.readouterr().err
     assert f"KERAS_BACKEND={other}" in err
 
@@ -414,7 +447,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
     out = tmp_path / "new" / "folder" / "bench.json"
-    argv = ["--backends", BACKEND, "--quick", "--rounds", "2"]
+    argv = ["--backends", BACKEND, "--smoke", "--rounds", "2"]
     assert bench_command.main([*argv, "--out", str(out)]) == 0
 
     (command, env_backend), *others = calls
@@ -422,7 +455,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     assert env_backend == BACKEND
     assert command[:3] == [sys.executable, "-m", "benchmarks.backend"]
     assert command[command.index("--backend") + 1] == BACKEND
-    assert "--quick" in command
+    assert "--smoke" in command
     assert command[command.index("--rounds") + 1] == "2"
     combined = json.loads(out.read_text())
     assert combined["rows"] == result["rows"]
@@ -431,7 +464,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     assert combined["settings"]["rounds"] == 2
     assert "environment" in combined
     printed = capsys.readouterr()
-    assert "ours (ms/step)" in printed.out
+    assert "ours/base" in printed.out
     assert "tied autoencoder kernels" in printed.out
     # The measuring process's progress is passed on, its other lines are not.
     assert f"make bench: {BACKEND}: 1/4 mixing: stress" in printed.err
@@ -516,7 +549,7 @@ def test_scenarios_option_runs_only_the_named_modules(tmp_path):
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
         code = runner.main(
-            ["--quick", "--rounds", "1", "--scenarios", "ties", "--out", str(path)]
+            ["--smoke", "--rounds", "1", "--scenarios", "ties", "--out", str(path)]
         )
     assert code == 0
     result = json.loads(path.read_text())
@@ -536,7 +569,7 @@ def test_cli_bench_passes_the_scenarios_on(quick_run, monkeypatch, tmp_path):
         return _Process(0)
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
-    argv = ["--backends", BACKEND, "--quick", "--scenarios", "ties,mixing"]
+    argv = ["--backends", BACKEND, "--smoke", "--scenarios", "ties,mixing"]
     with contextlib.redirect_stdout(io.StringIO()):
         assert bench_command.main([*argv, "--out", str(tmp_path / "b.json")]) == 0
     (command,) = commands

@@ -1,5 +1,6 @@
 """The documentation runs: README code blocks, docstring examples, examples/."""
 
+import ast
 import doctest
 import importlib
 import pkgutil
@@ -8,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_docs_render import python_blocks
 
 import keras_tether
 
@@ -15,7 +17,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _python_blocks(text):
-    return re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    # The blocks as they render, so that a block with a broken fence is not run
+    # as something else.
+    return python_blocks(text)
 
 
 def test_readme_python_blocks_run_in_order(tmp_path, monkeypatch):
@@ -132,3 +136,59 @@ def test_routing_page_python_blocks_run(tmp_path, monkeypatch):
             raise AssertionError(
                 f"docs/routing.md block {index} failed: {error!r}"
             ) from error
+
+
+# What each extra of pyproject.toml brings that an example may import.
+EXTRA_MODULES = {"demo": {"sklearn", "matplotlib"}}
+# Importable with any install: the library, its dependencies, the backends.
+BASE_MODULES = {"keras_tether", "keras", "numpy", "jax", "torch", "tensorflow"}
+
+
+def _readme_example_table():
+    """{example file: extras} from the README's table of examples."""
+    rows = re.findall(
+        r"^\| \[`(\w+\.py)`\]\([^)]*\) \|.*\| `keras-tether\[BACKEND((?:,\w+)*)\]` \|$",
+        (ROOT / "README.md").read_text(),
+        flags=re.MULTILINE,
+    )
+    return {name: [e for e in extras.split(",") if e] for name, extras in rows}
+
+
+def _top_level_imports(tree):
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_readme_gives_each_example_the_extras_it_needs():
+    table = _readme_example_table()
+    files = sorted(path.name for path in (ROOT / "examples").glob("*.py"))
+    assert sorted(table) == files, "the README's table of examples is not whole"
+    stdlib = set(sys.stdlib_module_names) | {"__future__"}
+    config = (ROOT / "pyproject.toml").read_text()
+    declared = set(re.findall(r"^(\w+) = \[", config, flags=re.MULTILINE))
+    assert set(EXTRA_MODULES) <= declared
+    for name, extras in table.items():
+        tree = ast.parse((ROOT / "examples" / name).read_text())
+        docstring = ast.get_docstring(tree)
+        stated = re.search(
+            r'^Install: pip install "keras-tether\[BACKEND((?:,\w+)*)\]"',
+            docstring,
+            flags=re.MULTILINE,
+        )
+        assert stated, f"examples/{name} does not say what to install"
+        assert [e for e in stated.group(1).split(",") if e] == extras, name
+        allowed = BASE_MODULES | stdlib
+        for extra in extras:
+            allowed |= EXTRA_MODULES[extra]
+        needed = _top_level_imports(tree) - allowed
+        assert not needed, f"examples/{name} imports {needed}, not in {extras}"
+
+
+def test_the_extras_check_sees_an_import():
+    tree = ast.parse("import keras\nfrom sklearn.datasets import load_digits\n")
+    assert _top_level_imports(tree) - BASE_MODULES == {"sklearn"}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import keras
 import pytest
+from test_docs_render import python_blocks
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -22,7 +23,18 @@ def _pages():
 
 
 def _python_blocks(text):
-    return re.findall(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    # The blocks as they render, so that a block with a broken fence is not run
+    # as something else.
+    return python_blocks(text)
+
+
+def test_the_home_page_links_every_page_of_the_navigation():
+    config = (ROOT / "mkdocs.yml").read_text()
+    listed = re.findall(r"^\s+- [^:]+: (\S+\.md)\s*$", config, flags=re.MULTILINE)
+    home = (DOCS / "index.md").read_text()
+    linked = set(re.findall(r"\]\(([^)#]+\.md)(?:#[^)]*)?\)", home))
+    missing = [page for page in listed if page != "index.md" and page not in linked]
+    assert not missing, f"docs/index.md does not link to {missing}"
 
 
 def test_every_page_is_in_the_navigation():

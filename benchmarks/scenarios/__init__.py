@@ -2,7 +2,7 @@
 
 A scenario module (say `routing.py`, beside `mixing.py` and `ties.py`):
 
-- defines its problem sizes twice, for a full run and for `--quick` (tiny
+- defines its problem sizes twice, for a full run and for `--smoke` (tiny
   and few distinct shapes: JAX compiles every eager operation once per
   shape), and picks them with `context.quick`;
 - defines `SCENARIOS`, a tuple of functions, each taking a `Context` and
