@@ -8,6 +8,7 @@ from keras_tether.layers._mixture_of_experts import MixtureOfExperts
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._parametrized import Parametrized
+from keras_tether.layers._reversible_dense import ReversibleDense
 from keras_tether.layers._tied_dense import TiedDense
 from keras_tether.layers._tied_layer import TiedLayer
 from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
@@ -21,6 +22,7 @@ __all__ = [
     "MixtureOfExperts",
     "ParallelDense",
     "Parametrized",
+    "ReversibleDense",
     "TiedDense",
     "TiedLayer",
     "WeightedAverage",
