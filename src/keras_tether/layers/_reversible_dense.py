@@ -8,11 +8,11 @@ import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
 from keras_tether._validation import check_bool
-from keras_tether.layers._reversible_sites import CallSites
+from keras_tether.layers._reversible_sites import CallSites, ReversibleCalls
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
-class ReversibleDense(keras.layers.Dense):
+class ReversibleDense(ReversibleCalls, keras.layers.Dense):
     """Densely-connected layer that can also map back with its kernel transposed.
 
     Called as usual, `layer(x)` is exactly `keras.layers.Dense`:
@@ -145,6 +145,7 @@ class ReversibleDense(keras.layers.Dense):
         self.reverse_bias_regularizer = regularizers.get(reverse_bias_regularizer)
         self.reverse_bias_constraint = constraints.get(reverse_bias_constraint)
         self._call_sites = CallSites(self)
+        self._uses: tuple[str, ...] = ()
 
     def build(self, input_shape):
         super().build(input_shape)
@@ -162,19 +163,6 @@ class ReversibleDense(keras.layers.Dense):
         # The reverse direction takes `units` features, so the input
         # specification cannot pin the last axis; `call` checks it instead.
         self.input_spec = keras.InputSpec(min_ndim=2)
-
-    def __call__(self, inputs, *args, reverse: bool = False, **kwargs):
-        reverse = check_bool(reverse, "reverse")
-        if reverse and not self.built:
-            raise ValueError(
-                f"Layer '{self.name}' must be built before it is called with "
-                "`reverse=True`: its kernel's input size is unknown until then. "
-                "Call it forward first, or call `build((None, input_dim))`. "
-                f"Received: reverse={reverse} on an unbuilt layer"
-            )
-        self._check_features(inputs, reverse)
-        self._call_sites.check(self, inputs)
-        return super().__call__(inputs, *args, reverse=reverse, **kwargs)
 
     def call(self, inputs, training=None, reverse=False):
         if not reverse:
@@ -256,8 +244,6 @@ class ReversibleDense(keras.layers.Dense):
         return {mode: [*names, "reverse_bias"] for mode, names in spec.items()}
 
     def _check_features(self, inputs, reverse: bool) -> None:
-        if not self.built:
-            return
         expected = self.units if reverse else self.input_dim
         shape = getattr(inputs, "shape", None)
         if shape is None or len(shape) == 0 or shape[-1] is None:

@@ -147,3 +147,39 @@ class CallSites:
             "`call`), or both in the functional model (create the layer "
             "outside any other layer and call it at both sites)."
         )
+
+
+class ReversibleCalls:
+    """What every reversible layer does on a call, before Keras' `__call__`.
+
+    Mixed in before the Keras layer class. The subclass sets
+    `self._call_sites = CallSites(self)` in its `__init__` and defines
+    `_check_features(inputs, reverse)`.
+    """
+
+    def __call__(self, inputs, *args, reverse: bool = False, **kwargs):
+        if not isinstance(reverse, bool):
+            raise TypeError(
+                f"Expected `reverse` to be a boolean. Received: reverse={reverse!r}"
+            )
+        if reverse and not self.built:
+            raise ValueError(
+                f"Layer '{self.name}' must be built before it is called with "
+                "`reverse=True`: the shape it maps back to is unknown until "
+                "then. Call it forward first, or call `build(input_shape)`. "
+                f"Received: reverse={reverse} on an unbuilt layer"
+            )
+        if self.built:
+            self._check_features(inputs, reverse)
+        self._call_sites.check(self, inputs)
+        direction = "reverse" if reverse else "forward"
+        if direction not in self._uses:
+            self._uses = tuple(
+                d for d in ("forward", "reverse") if d in (*self._uses, direction)
+            )
+        return super().__call__(inputs, *args, reverse=reverse, **kwargs)
+
+    @property
+    def uses(self) -> tuple[str, ...]:
+        """The directions this layer has been called in, in order."""
+        return self._uses
