@@ -165,6 +165,7 @@ class ReversibleConv(ReversibleCalls):
         return tuple(padding)
 
     def call(self, inputs, reverse=False):
+        self._call_sites.check(self, inputs)
         if not reverse:
             return super().call(inputs)
         kernel = ops.cast(self.kernel, self.compute_dtype)

@@ -165,6 +165,7 @@ class ReversibleDense(ReversibleCalls, keras.layers.Dense):
         self.input_spec = keras.InputSpec(min_ndim=2)
 
     def call(self, inputs, training=None, reverse=False):
+        self._call_sites.check(self, inputs)
         if not reverse:
             return super().call(inputs, training=training)
         return self._reverse_finish(ops.matmul(inputs, ops.transpose(self.kernel)))
@@ -177,6 +178,7 @@ class ReversibleDense(ReversibleCalls, keras.layers.Dense):
         return x
 
     def _int8_call(self, inputs, training=None, reverse=False):
+        self._call_sites.check(self, inputs)
         if not reverse:
             return super()._int8_call(inputs, training=training)
         # The int8 kernel holds round(kernel * scale) with one scale per

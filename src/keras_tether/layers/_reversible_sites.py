@@ -153,8 +153,10 @@ class ReversibleCalls:
     """What every reversible layer does on a call, before Keras' `__call__`.
 
     Mixed in before the Keras layer class. The subclass sets
-    `self._call_sites = CallSites(self)` in its `__init__` and defines
-    `_check_features(inputs, reverse)`.
+    `self._call_sites = CallSites(self)` in its `__init__`, defines
+    `_check_features(inputs, reverse)`, and checks its call sites at the
+    start of `call` too: wrappers such as `TimeDistributed` call `call`
+    directly.
     """
 
     def __call__(self, inputs, *args, reverse: bool = False, **kwargs):
@@ -171,7 +173,9 @@ class ReversibleCalls:
             )
         if self.built:
             self._check_features(inputs, reverse)
-        self._call_sites.check(self, inputs)
+        if isinstance(inputs, keras.KerasTensor):
+            # A symbolic call runs `compute_output_spec`, not `call`.
+            self._call_sites.check(self, inputs)
         direction = "reverse" if reverse else "forward"
         if direction not in self._uses:
             self._uses = tuple(
