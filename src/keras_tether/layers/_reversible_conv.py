@@ -254,6 +254,18 @@ class ReversibleConv(ReversibleCalls):
         )
         return config
 
+    # The reverse bias is stored after what a Keras convolution stores, so
+    # the entries of a plain convolution keep their places.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built and self.reverse_bias is not None:
+            store[str(1 + int(self.use_bias))] = self.reverse_bias
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and self.reverse_bias is not None:
+            self.reverse_bias.assign(store[str(1 + int(self.use_bias))])
+
     def quantize(self, mode=None, type_check=True, config=None):
         raise NotImplementedError(
             f"Layer '{self.name}' ({type(self).__name__}) cannot be quantized: "
