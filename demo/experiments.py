@@ -642,8 +642,9 @@ noise of each other.
 `keras_tether.ties.tied_autoencoder(64, {list(AUTOENCODER_UNITS)})` stacks
 `ReversibleDense` encoder layers and calls them again with `reverse=True` as the
 decoder, on the encoder kernels, transposed. Its untied twin has decoder kernels
-of its own. Both trained for {_epochs(results.autoencoder_epochs)} on the mean squared error of the reconstructed
-pixels (scaled to [0, 1]); the tie saves {saved} parameters.
+of its own. Both trained for {_epochs(results.autoencoder_epochs)} on the mean
+squared error of the reconstructed pixels (scaled to [0, 1]); the tie saves
+{saved} parameters.
 
 {_tying_table(results)}
 
