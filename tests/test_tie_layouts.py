@@ -204,7 +204,7 @@ def test_save_weights_load_weights(layout, tmp_path):
     _check_unrelated(unrelated)
 
 
-@pytest.mark.parametrize("layout", ["chain", "custom_layer", "parametrized"])
+@pytest.mark.parametrize("layout", ["chain", "custom_layer", "subclassed"])
 def test_clones_from_threads(layout):
     unrelated = _unrelated()
     model = LAYOUTS[layout]()
