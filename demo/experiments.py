@@ -7,9 +7,10 @@ package, so the demo runs offline:
   fresh Gaussian noise. A `WeightedAverage` mixes their class probabilities
   and learns to trust the halves, not the noise. It is compared with each
   branch alone and with a plain `keras.layers.Average` of the same branches.
-- Tying: a dense autoencoder whose decoder is tied to its encoder with
-  `DenseTranspose`, against the same autoencoder untied: half the kernel
-  parameters, and the test reconstruction error of each.
+- Tying: a dense autoencoder whose decoder is tied to its encoder (each
+  `ReversibleDense` layer called forward, then in reverse), against the same
+  autoencoder untied: half the kernel parameters, and the test reconstruction
+  error of each.
 - Stacking: an ensemble of 16 two-layer MLPs mixed by a `WeightedAverage`,
   built as 16 separate `Dense` stacks and as two `ParallelDense` layers that
   start from the same weights (`ParallelDense.from_layers`). Both train on
@@ -636,13 +637,14 @@ noise of each other.
 
 ![Mixture weights over the epochs](mixture_weights.png)
 
-## Tying: `DenseTranspose` halves the kernels of an autoencoder
+## Tying: `ReversibleDense` halves the kernels of an autoencoder
 
-`keras_tether.ties.tied_autoencoder(64, {list(AUTOENCODER_UNITS)})` stacks `Dense`
-encoder layers and `DenseTranspose` decoder layers that compute with the encoder
-kernels, transposed. Its untied twin has decoder kernels of its own. Both trained for
-{_epochs(results.autoencoder_epochs)} on the mean squared error of the reconstructed
-pixels (scaled to [0, 1]); the tie saves {saved} parameters.
+`keras_tether.ties.tied_autoencoder(64, {list(AUTOENCODER_UNITS)})` stacks
+`ReversibleDense` encoder layers and calls them again with `reverse=True` as the
+decoder, on the encoder kernels, transposed. Its untied twin has decoder kernels
+of its own. Both trained for {_epochs(results.autoencoder_epochs)} on the mean
+squared error of the reconstructed pixels (scaled to [0, 1]); the tie saves
+{saved} parameters.
 
 {_tying_table(results)}
 

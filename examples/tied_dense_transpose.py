@@ -5,12 +5,13 @@ to `units`, and a decoder should map them back with the transpose of the very
 same kernel, trained together; after saving and loading the model, the two
 layers must still share one kernel, not hold two copies that drift apart.
 
-With keras-tether the decoder is `DenseTranspose(encoder)`. It reads the
-encoder's kernel, transposed, at every call and owns only its bias, so both
-layers' gradients reach the one kernel and it is stored, saved and counted
-once. Loading the `.keras` file (with `safe_mode=True`) rebuilds the tie: the
-loaded decoder computes with the loaded encoder's kernel, and training the
-loaded model keeps them tied.
+With keras-tether the two layers are one `ReversibleDense`, called twice:
+`layer(x)` is the encoder (exactly a `Dense`), and `layer(h, reverse=True)` is
+the decoder, `sigmoid(h @ transpose(kernel) + reverse_bias)`. One layer owns
+the one kernel, so both directions' gradients reach it and it is stored,
+saved and counted once. Keras keeps a layer called at two places of a model
+as one layer, so loading the `.keras` file (with `safe_mode=True`) brings back
+one layer with one kernel, and training the loaded model keeps it tied.
 
 Install: pip install "keras-tether[BACKEND]" (BACKEND: jax, torch or tensorflow)
 
@@ -32,32 +33,37 @@ from keras_tether import ties  # isort: split
 import keras
 import numpy as np
 
-from keras_tether.layers import DenseTranspose
+from keras_tether.layers import ReversibleDense
 
 
 def build_model(input_dim: int = 64, units: int = 16) -> keras.Model:
     """An autoencoder whose decoder kernel is the transposed encoder kernel."""
     inputs = keras.Input(shape=(input_dim,), name="features")
-    encoder = keras.layers.Dense(units, activation="relu", name="encoder")
-    decoder = DenseTranspose(encoder, activation="sigmoid", name="decoder")
-    return keras.Model(inputs, decoder(encoder(inputs)), name="tied_pair")
+    tied = ReversibleDense(
+        units, activation="relu", reverse_activation="sigmoid", name="tied"
+    )
+    code = tied(inputs)  # the encoder
+    outputs = tied(code, reverse=True)  # the decoder, on the same kernel
+    return keras.Model(inputs, outputs, name="tied_pair")
 
 
 def kernels_tied(model: keras.Model) -> bool:
-    """Whether the decoder computes with the encoder's current kernel, transposed.
+    """Whether the whole model computes with one kernel, both ways.
 
-    Checked against NumPy: `decoder(h)` must equal
-    `sigmoid(h @ transpose(encoder.kernel) + decoder.bias)`.
+    Checked against NumPy: `model(x)` must equal
+    `sigmoid(relu(x @ kernel + bias) @ transpose(kernel) + reverse_bias)`.
     """
-    encoder = model.get_layer("encoder")
-    decoder = model.get_layer("decoder")
-    kernel = keras.ops.convert_to_numpy(encoder.kernel)
-    bias = keras.ops.convert_to_numpy(decoder.bias)
-    hidden = np.random.default_rng(1).normal(size=(4, kernel.shape[1]))
-    hidden = hidden.astype("float32")
-    expected = 1.0 / (1.0 + np.exp(-(hidden @ kernel.T + bias)))
-    actual = keras.ops.convert_to_numpy(decoder(hidden))
-    return decoder.source is encoder and np.allclose(actual, expected, atol=1e-5)
+    layer = model.get_layer("tied")
+    kernel, bias, reverse_bias = (
+        keras.ops.convert_to_numpy(w)
+        for w in (layer.kernel, layer.bias, layer.reverse_bias)
+    )
+    x = np.random.default_rng(1).random(size=(4, kernel.shape[0])).astype("float32")
+    hidden = np.maximum(x @ kernel + bias, 0.0)
+    expected = 1.0 / (1.0 + np.exp(-(hidden @ kernel.T + reverse_bias)))
+    actual = keras.ops.convert_to_numpy(model(x))
+    one_kernel = len([w for w in model.weights if len(w.shape) == 2]) == 1
+    return one_kernel and np.allclose(actual, expected, atol=1e-5)
 
 
 def _data(samples: int, input_dim: int, rng: np.random.Generator) -> np.ndarray:
@@ -97,7 +103,7 @@ def main(
     assert kernels_tied(model)
     print(f"trained: {model.count_params()} parameters, one {input_dim}x{units} kernel")
     for tie in ties.list_ties(model):
-        print(f"  tie: {tie.layer} reads {tie.variables} ({tie.transform})")
+        print(f"  tie: {tie.layer} reads {tie.variables}, used {tie.uses}")
 
     with tempfile.TemporaryDirectory() as scratch:
         file = path or os.path.join(scratch, "tied_pair.keras")
@@ -116,8 +122,8 @@ def main(
     loaded.fit(x, x, epochs=1, batch_size=32, verbose=verbose)
     assert kernels_tied(loaded)
     moved = not np.array_equal(
-        keras.ops.convert_to_numpy(loaded.get_layer("encoder").kernel),
-        keras.ops.convert_to_numpy(model.get_layer("encoder").kernel),
+        keras.ops.convert_to_numpy(loaded.get_layer("tied").kernel),
+        keras.ops.convert_to_numpy(model.get_layer("tied").kernel),
     )
     print(f"loaded: same outputs, still tied after training on (kernel moved: {moved})")
     return model, loaded

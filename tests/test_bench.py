@@ -40,8 +40,15 @@ EXPECTED_ROWS = [
     ("seed scenario", "WeightedAverage", "Add", "keras-layers", 1.05),
     (
         "tied autoencoder",
-        "tied (DenseTranspose)",
+        "tied (ReversibleDense)",
         "untied (Dense)",
+        "keras-layers",
+        1.05,
+    ),
+    (
+        "tied conv autoencoder",
+        "tied (ReversibleConv2D)",
+        "untied (Conv2D, Conv2DTranspose)",
         "keras-layers",
         1.05,
     ),

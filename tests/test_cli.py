@@ -122,50 +122,47 @@ def test_version_names_the_backend_keras_will_use(command):
     )
 
 
-TRANSFORM_MODULE = """
+USER_MODULE = """
 import keras
-from keras_tether import ties
+from keras_tether.layers import ReversibleDense
 
-@ties.register_transform("cli_test_negated_transpose")
-def negated_transpose(weight):
-    return -keras.ops.transpose(weight)
+@keras.saving.register_keras_serializable(package="cli_test")
+class UserReversibleDense(ReversibleDense):
+    pass
 """
 
 
 @pytest.fixture
-def custom_transform_model(tmp_path):
-    """A model whose tie uses a transform that a module of the user registers."""
-    (tmp_path / "user_transforms.py").write_text(TRANSFORM_MODULE)
+def custom_layer_model(tmp_path):
+    """A model whose tie is a layer class that a module of the user registers."""
+    (tmp_path / "user_layers.py").write_text(USER_MODULE)
     sys.path.insert(0, str(tmp_path))
     try:
-        import user_transforms  # noqa: F401
+        import user_layers
     finally:
         sys.path.remove(str(tmp_path))
     inputs = keras.Input(shape=(6,))
-    source = keras.layers.Dense(4, name="cli_source")
-    tied = keras_tether.TiedDense(
-        source, transform="cli_test_negated_transpose", name="cli_tied"
-    )
-    model = keras.Model(inputs, tied(source(inputs)))
+    tied = user_layers.UserReversibleDense(4, name="cli_tied")
+    model = keras.Model(inputs, tied(tied(inputs), reverse=True))
     path = tmp_path / "custom.keras"
     model.save(path)
     return path
 
 
-def test_inspect_imports_the_users_module_first(command, custom_transform_model):
-    path = custom_transform_model
+def test_inspect_imports_the_users_module_first(command, custom_layer_model):
+    path = custom_layer_model
     code, _, err, heavy = command("inspect", str(path), "--json")
     assert code == 2
-    assert "cannot read model" in err and "transform" in err
+    assert "cannot read model" in err and "get_config()" in err
     assert BACKEND in heavy
 
     code, out, err, heavy = command(
-        "inspect", str(path), "--json", "--import", "user_transforms"
+        "inspect", str(path), "--json", "--import", "user_layers"
     )
     assert code == 0, err
     (tie,) = json.loads(out)["ties"]
-    assert tie["transform"] == "cli_test_negated_transpose"
-    assert tie["layer"] == "cli_tied" and tie["source"] == "cli_source"
+    assert tie["layer_class"] == "UserReversibleDense"
+    assert tie["layer"] == "cli_tied" and tie["uses"] == ["forward", "reverse"]
     assert "keras" in heavy
 
 

@@ -13,7 +13,7 @@ import pytest
 import keras_tether
 from keras_tether import _backend_choice, _cli
 from keras_tether._cli import _inspect
-from keras_tether.layers import DenseTranspose, WeightedAverage
+from keras_tether.layers import ReversibleDense, WeightedAverage
 
 # Logits set by hand, so the expected weights are a NumPy softmax of them.
 MIX_LOGITS = np.array([0.1, -0.4, 1.2], dtype="float32")
@@ -38,11 +38,11 @@ def _model():
     nested = keras.Model(branch_inputs, per_feature(branch_outputs), name="nested")
 
     inputs = keras.Input(shape=(6,))
-    encoder = keras.layers.Dense(4, activation="relu", name="encoder")
+    encoder = ReversibleDense(4, activation="relu", name="encoder")
     hidden = nested(encoder(inputs))
     heads = [keras.layers.Dense(4, name=f"head_{i}")(hidden) for i in range(3)]
     mix = WeightedAverage(name="mix")
-    outputs = DenseTranspose(encoder, name="decoder")(mix(heads))
+    outputs = encoder(mix(heads), reverse=True)
     model = keras.Model(inputs, outputs, name="tied_with_mixtures")
     mix.logits.assign(MIX_LOGITS)
     per_feature.logits.assign(PER_FEATURE_LOGITS)
@@ -51,7 +51,7 @@ def _model():
 
 # Every variable of `_model`, by shape; the encoder kernel appears once.
 OWN_SHAPES = [
-    (6, 4),  # encoder kernel, shared with the decoder
+    (6, 4),  # encoder kernel, read in both directions
     (4,),  # encoder bias
     (4, 4),  # branch_a kernel
     (4,),
@@ -65,7 +65,7 @@ OWN_SHAPES = [
     (4, 4),
     (4,),
     (3,),  # mix logits
-    (6,),  # decoder bias
+    (6,),  # encoder reverse bias
 ]
 EXPECTED_TOTAL = int(sum(np.prod(shape) for shape in OWN_SHAPES))
 ENCODER_KERNEL = 6 * 4
@@ -106,15 +106,11 @@ def test_inspect_file_reports_mixtures_ties_and_params(saved_model):
 
     assert report["ties"] == [
         {
-            "layer": "decoder",
-            "layer_class": "DenseTranspose",
-            "source": "encoder",
-            "source_class": "Dense",
+            "layer": "encoder",
+            "layer_class": "ReversibleDense",
             "variables": ["encoder/kernel"],
             "shapes": [[6, 4]],
-            "transform": "transpose",
-            "source_in_model": True,
-            "pending": False,
+            "uses": ["forward", "reverse"],
         }
     ]
 
@@ -136,7 +132,7 @@ def test_main_inspect_text(saved_model, capsys):
     assert f"weights: [{weights}]" in out
     mean = ", ".join(f"{w:.4f}" for w in _softmax(PER_FEATURE_LOGITS, 0).mean(-1))
     assert f"per-feature weights, shape (2, 4); mean over features: [{mean}]" in out
-    assert "decoder (DenseTranspose) -> encoder (Dense)  transform=transpose" in out
+    assert out.count("encoder (ReversibleDense)  uses: forward, reverse") == 1
     assert "encoder/kernel  shape (6, 4)" in out
     assert f"counting each shared variable once:  {EXPECTED_TOTAL:,}" in out
     untied = EXPECTED_TOTAL + ENCODER_KERNEL
@@ -145,39 +141,15 @@ def test_main_inspect_text(saved_model, capsys):
     assert f"saved by ties:                       {ENCODER_KERNEL:,} ({share})" in out
 
 
-def test_describe_counts_every_user_of_a_shared_kernel():
-    # Two layers tied to one encoder: untied, each would hold its own copy.
+def test_describe_counts_a_kernel_used_in_one_direction_once():
+    # Called forward only, the layer is not tied to anything: nothing saved.
     inputs = keras.Input(shape=(5,))
-    encoder = keras.layers.Dense(3, name="encoder")
-    hidden = encoder(inputs)
-    first = DenseTranspose(encoder, use_bias=False, name="first")(hidden)
-    second = DenseTranspose(encoder, use_bias=False, name="second")(hidden)
-    model = keras.Model(inputs, [first, second])
+    model = keras.Model(inputs, ReversibleDense(3, name="dense")(inputs))
 
     report = _inspect.describe_model(model)
 
-    total = 5 * 3 + 3
-    assert report["mixtures"] == []
-    assert [tie["layer"] for tie in report["ties"]] == ["first", "second"]
-    assert report["params"] == {
-        "total": total,
-        "if_untied": total + 2 * 5 * 3,
-        "saved_by_ties": 2 * 5 * 3,
-    }
-
-
-def test_describe_saves_nothing_when_the_source_is_outside_the_model():
-    # The source's kernel is used only by the tied layer: one copy either way.
-    outside = keras.layers.Dense(3)
-    outside.build((None, 5))
-    model = keras.Sequential(
-        [keras.Input(shape=(3,)), DenseTranspose(outside, name="decoder")]
-    )
-
-    report = _inspect.describe_model(model)
-
-    total = 5 * 3 + 5
-    assert report["ties"][0]["source_in_model"] is False
+    total = 5 * 3 + 3 + 5
+    assert [tie["uses"] for tie in report["ties"]] == [["forward"]]
     assert report["params"] == {"total": total, "if_untied": total, "saved_by_ties": 0}
     assert "none" in _inspect.format_report(report).split("Ties")[0]
 
@@ -361,24 +333,6 @@ def test_choose_backend_does_nothing_once_keras_is_imported(
     monkeypatch.setitem(sys.modules, "keras", keras)
     assert _backend_choice.choose_backend() is None
     assert "KERAS_BACKEND" not in os.environ
-
-
-def test_main_inspect_flags_a_pending_tie(tmp_path, capsys):
-    encoder = keras.layers.Dense(3, name="encoder")
-    encoder_model = keras.Sequential([keras.Input((5,)), encoder])
-    decoder_model = keras.Sequential(
-        [keras.Input((3,)), DenseTranspose(encoder, name="decoder")]
-    )
-    assert encoder_model.built
-    path = str(tmp_path / "decoder.keras")
-    decoder_model.save(path)  # the encoder stays behind: the tie is pending
-    assert _cli.main(["inspect", path]) == 0
-    out = capsys.readouterr().out
-    assert "decoder (DenseTranspose) -> encoder (Dense)" in out
-    assert "PENDING: not bound to its source" in out
-    assert _cli.main(["inspect", path, "--json"]) == 0
-    (tie,) = json.loads(capsys.readouterr().out)["ties"]
-    assert tie["pending"] is True and tie["variables"] == []
 
 
 def test_inspect_lists_a_gated_average_with_its_mean_gates(tmp_path, capsys):

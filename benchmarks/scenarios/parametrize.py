@@ -13,7 +13,7 @@ from benchmarks.scenarios._data import random, tensors
 from benchmarks.schema import make_row
 from benchmarks.timing import Candidate, train_step
 from keras_tether import parametrize
-from keras_tether.layers import DenseTranspose, Parametrized
+from keras_tether.layers import Parametrized, ReversibleDense
 
 # Largest step-time ratios against the plain Dense that meet the targets.
 TARGETS = {"positive": 1.3, "weight_norm": 1.3, "orthogonal": 3.0}
@@ -252,7 +252,7 @@ def inference(context: Context) -> Comparison:
             f"predict_on_batch of a Dense {sizes.units}x{sizes.units} computing "
             "its kernel P(free) at every call, against a plain Dense and against "
             "the same layer after remove(bake=True); and a tied autoencoder "
-            "(DenseTranspose of an orthogonal Dense) predicted inside "
+            "(an orthogonal ReversibleDense called both ways) predicted inside "
             "parametrize.cached(), which computes the kernel once, against "
             "outside it"
         ),
@@ -269,10 +269,11 @@ def _tied_candidates(sizes: Sizes, x) -> list[Candidate]:
         ("tied", "Tied orthogonal autoencoder", contextlib.nullcontext),
         ("tied_cached", "Tied orthogonal autoencoder, cached", parametrize.cached),
     ):
-        encoder = keras.layers.Dense(sizes.units // 2)
+        encoder = ReversibleDense(sizes.units // 2)
         wrapper = Parametrized(encoder, {"kernel": parametrize.Orthogonal()})
         inputs = keras.Input((sizes.units,))
-        model = keras.Model(inputs, DenseTranspose(encoder)(wrapper(inputs)), name=key)
+        outputs = wrapper(wrapper(inputs), reverse=True)
+        model = keras.Model(inputs, outputs, name=key)
 
         def step(model=model, context=context):
             with context():

@@ -24,15 +24,14 @@ from keras_tether import (  # noqa: E402
     ties,
 )
 from keras_tether.layers import (  # noqa: E402
-    ConvTranspose,
-    DenseTranspose,
-    EmbeddingTranspose,
     GatedAverage,
     MixtureOfExperts,
     ParallelDense,
     Parametrized,
-    TiedDense,
-    TiedLayer,
+    ReversibleConv1D,
+    ReversibleConv2D,
+    ReversibleConv3D,
+    ReversibleDense,
     WeightedAverage,
     weighted_average,
 )
@@ -44,15 +43,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
-    "ConvTranspose",
-    "DenseTranspose",
-    "EmbeddingTranspose",
     "GatedAverage",
     "MixtureOfExperts",
     "ParallelDense",
     "Parametrized",
-    "TiedDense",
-    "TiedLayer",
+    "ReversibleConv1D",
+    "ReversibleConv2D",
+    "ReversibleConv3D",
+    "ReversibleDense",
     "WeightedAverage",
     "__version__",
     "callbacks",

@@ -119,20 +119,10 @@ def format_report(report: dict[str, Any], title: str | None = None) -> str:
     if not tie_list:
         lines.append("  none")
     for tie in tie_list:
-        transform = tie["transform"] or "none"
-        lines.append(
-            f"  {tie['layer']} ({tie['layer_class']}) -> {tie['source']} "
-            f"({tie['source_class']})  transform={transform}"
-        )
+        uses = ", ".join(tie["uses"]) or "not called yet"
+        lines.append(f"  {tie['layer']} ({tie['layer_class']})  uses: {uses}")
         for path, shape in zip(tie["variables"], tie["shapes"], strict=True):
             lines.append(f"      {path}  shape {tuple(shape)}")
-        if tie["pending"]:
-            lines.append(
-                "      PENDING: not bound to its source, so the model refuses to "
-                "run; bind it with keras_tether.ties.retie(model, sources=...)"
-            )
-        elif not tie["source_in_model"]:
-            lines.append("      (the source layer is not one of the model's layers)")
     lines.append("")
     params = report["params"]
     saved = params["saved_by_ties"]
@@ -166,28 +156,20 @@ def _describe_tie(record: ties.Tie) -> dict[str, Any]:
     return {
         "layer": record.layer,
         "layer_class": record.layer_class,
-        "source": record.source,
-        "source_class": record.source_class,
         "variables": list(record.variables),
         "shapes": [list(shape) for shape in record.shapes],
-        "transform": record.transform,
-        "source_in_model": record.source_in_model,
-        "pending": record.pending,
+        "uses": list(record.uses),
     }
 
 
 def _extra_params_if_untied(records: list[ties.Tie]) -> int:
-    # A shared variable has one user per tie reading it, plus its owner when
-    # the owner is in the model; untied, every user would hold its own copy.
-    users: dict[str, int] = {}
-    sizes: dict[str, int] = {}
+    # A layer used in both directions would need a second kernel for the
+    # other direction if it were untied.
+    extra = 0
     for record in records:
-        for path, shape in zip(record.variables, record.shapes, strict=True):
-            if path not in users:
-                users[path] = 1 if record.source_in_model else 0
-                sizes[path] = int(np.prod(shape, dtype=np.int64))
-            users[path] += 1
-    return sum((count - 1) * sizes[path] for path, count in users.items())
+        if len(record.uses) == 2:
+            extra += sum(int(np.prod(shape, dtype=np.int64)) for shape in record.shapes)
+    return extra
 
 
 def _format_vector(values: np.ndarray) -> str:

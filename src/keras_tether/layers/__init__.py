@@ -1,26 +1,26 @@
 """Public layers of keras-tether."""
 
-from keras_tether.layers._conv_transpose import ConvTranspose
-from keras_tether.layers._dense_transpose import DenseTranspose
-from keras_tether.layers._embedding_transpose import EmbeddingTranspose
 from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._mixture_of_experts import MixtureOfExperts
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._parametrized import Parametrized
-from keras_tether.layers._tied_dense import TiedDense
-from keras_tether.layers._tied_layer import TiedLayer
+from keras_tether.layers._reversible_conv import (
+    ReversibleConv1D,
+    ReversibleConv2D,
+    ReversibleConv3D,
+)
+from keras_tether.layers._reversible_dense import ReversibleDense
 from keras_tether.layers._weighted_average import WeightedAverage, weighted_average
 
 __all__ = [
-    "ConvTranspose",
-    "DenseTranspose",
-    "EmbeddingTranspose",
     "GatedAverage",
     "MixtureOfExperts",
     "ParallelDense",
     "Parametrized",
-    "TiedDense",
-    "TiedLayer",
+    "ReversibleConv1D",
+    "ReversibleConv2D",
+    "ReversibleConv3D",
+    "ReversibleDense",
     "WeightedAverage",
     "weighted_average",
 ]

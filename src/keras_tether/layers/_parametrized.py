@@ -187,8 +187,8 @@ class Parametrized(keras.layers.Layer):
     The wrapped layer needs no subclassing: `Dense`, `EinsumDense`,
     `Conv1D/2D/3D`, `Conv1D/2D/3DTranspose`, `Embedding` and any layer that
     reads the weight as an attribute in `call` work as they are. Reading
-    `layer.<name>` anywhere, for example from a `DenseTranspose` tied to the
-    wrapped `Dense`, returns the constrained value, so ties compose with
+    `layer.<name>` anywhere, for example in the reverse direction of a wrapped
+    `ReversibleDense`, returns the constrained value, so ties compose with
     parametrizations. (While wrapped, the layer's class is a subclass of its
     own, of the same name, that defines those attributes; `isinstance` checks
     still hold, the layer is saved as its own class, and `remove()` restores
@@ -615,7 +615,7 @@ def _serialize_plain(layer: keras.layers.Layer) -> dict:
     """Serializes `layer` as its own class, not the parametrized subclass."""
     # Serializing twice inside Keras' object-sharing scope (`.keras` saving)
     # marks the layer as shared at once, before the model copies this config:
-    # a layer tied to it (a `DenseTranspose`) then loads as the very object
+    # another layer that holds it then loads as the very object
     # this wrapper holds, not as a copy.
     if not hasattr(type(layer), "_parametrized_base_class"):
         keras.saving.serialize_keras_object(layer)

@@ -23,9 +23,9 @@ def cached() -> Iterator[None]:
 
     Inside the block, the first read of a weight of a
     `keras_tether.layers.Parametrized` layer computes `P(free)`, and later
-    reads of the same weight reuse that value: a `DenseTranspose` tied to a
-    parametrized `Dense` reads the encoder's constrained kernel without a
-    second `P`, and so does a layer that reads a parametrized weight several
+    reads of the same weight reuse that value: a parametrized
+    `ReversibleDense` called forward and in reverse computes its constrained
+    kernel once, and so does a layer that reads a parametrized weight several
     times per call. (Within one call of the `Parametrized` layer itself, `P`
     already runs once, with or without this block.)
 
@@ -45,12 +45,11 @@ def cached() -> Iterator[None]:
     >>> import keras
     >>> import numpy as np
     >>> from keras_tether import layers, parametrize
-    >>> encoder = keras.layers.Dense(3)
-    >>> wrapper = layers.Parametrized(encoder, {"kernel": parametrize.Orthogonal()})
-    >>> decoder = layers.DenseTranspose(encoder)
+    >>> dense = layers.ReversibleDense(3)
+    >>> wrapper = layers.Parametrized(dense, {"kernel": parametrize.Orthogonal()})
     >>> x = np.ones((2, 5), dtype="float32")
     >>> with parametrize.cached():
-    ...     y = decoder(wrapper(x))  # the decoder reuses the encoder's kernel
+    ...     y = wrapper(wrapper(x), reverse=True)  # one kernel computation
     >>> tuple(y.shape)
     (2, 5)
     """

@@ -1,0 +1,388 @@
+"""Convolutions that can also be called in reverse: their exact adjoint."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import keras
+from keras import activations, constraints, initializers, ops, regularizers
+
+from keras_tether._validation import check_bool
+from keras_tether.layers._reversible_sites import CallSites, ReversibleCalls
+
+_DOC = """{rank}D convolution that can also map back with its adjoint.
+
+    Called as usual, `layer(x)` is exactly `keras.layers.{base}`. Called with
+    `reverse=True`, `layer(y, reverse=True)` applies the transposed
+    convolution with the very same kernel, strides, padding and dilation
+    rate, then its own reverse bias (one value per input channel) and
+    `reverse_activation`. Without biases and activations the two directions
+    are adjoint: `sum(conv(x) * y) == sum(x * conv(y, reverse=True))` for
+    every `x` and `y`; the reverse direction is the gradient of the forward
+    convolution with respect to its input. Its output is shaped like the
+    forward input.
+
+    A strided convolution maps several input sizes to one output size. The
+    layer restores the spatial size it was built with, which Keras records
+    and restores with the model. A layer built with an unknown spatial size
+    (`None`) along a strided axis refuses `reverse=True` with a message.
+
+    One layer owns the kernel and is called at both sites, so Keras keeps the
+    tie through `clone_model`, `Model.from_config`, `.keras` files and
+    `save_weights`, and the kernel is counted once. Call both directions at
+    the same level (both in the functional model, or both inside the one
+    custom layer that creates the layer); a layer called from two levels
+    would come back as two copies when the model is rebuilt, so such a call
+    raises a `ValueError`. Grouped convolutions (`groups > 1`) are refused.
+
+    Args:
+        filters, kernel_size, strides, padding, data_format, dilation_rate,
+            activation, use_bias, kernel_initializer, bias_initializer,
+            kernel_regularizer, bias_regularizer, activity_regularizer,
+            kernel_constraint, bias_constraint, lora_rank, lora_alpha: as for
+            `keras.layers.{base}` (`groups` must be 1).
+        reverse_activation: Activation function of the reverse direction.
+            Defaults to none.
+        reverse_use_bias: Boolean, whether the reverse direction adds its own
+            bias vector, one value per input channel.
+        reverse_bias_initializer: Initializer for the reverse bias vector.
+        reverse_bias_regularizer: Regularizer function applied to the reverse
+            bias.
+        reverse_bias_constraint: Constraint function applied to the reverse
+            bias.
+        **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
+
+    Call arguments:
+        inputs: The input tensor.
+        reverse: Boolean. If `True`, apply the adjoint convolution, mapping
+            `filters` channels back to the input channels. Defaults to
+            `False`.
+
+    Input shape:
+        As `keras.layers.{base}`; with `reverse=True`, the forward output
+        shape (`filters` channels).
+
+    Output shape:
+        As `keras.layers.{base}`; with `reverse=True`, the shape of the input
+        the layer was built with (batch size and unknown sizes aside).
+
+    Example:
+
+    >>> import keras
+    >>> from keras_tether.layers import {name}
+    >>> conv = {name}(4, 3, strides=2, padding="same")
+    >>> inputs = keras.Input(shape={example_shape})
+    >>> outputs = conv(conv(inputs), reverse=True)
+    >>> tuple(keras.Model(inputs, outputs).output.shape)
+    {example_output}
+
+    References:
+        - [Dumoulin & Visin, 2016](https://arxiv.org/abs/1603.07285)
+        - [Masci et al., 2011](https://doi.org/10.1007/978-3-642-21735-7_7)
+    """
+
+
+class ReversibleConv(ReversibleCalls):
+    """The reverse direction shared by `ReversibleConv1D`, `2D` and `3D`."""
+
+    def _reversible_init(
+        self,
+        reverse_activation,
+        reverse_use_bias,
+        reverse_bias_initializer,
+        reverse_bias_regularizer,
+        reverse_bias_constraint,
+    ) -> None:
+        if self.groups != 1:
+            raise ValueError(
+                f"`{type(self).__name__}` has no reverse direction for grouped "
+                "convolutions: `keras.ops.conv_transpose` has no groups. "
+                f"Expected groups=1. Received: groups={self.groups}"
+            )
+        self.reverse_activation = activations.get(reverse_activation)
+        self.reverse_use_bias = check_bool(reverse_use_bias, "reverse_use_bias")
+        self.reverse_bias_initializer = initializers.get(reverse_bias_initializer)
+        self.reverse_bias_regularizer = regularizers.get(reverse_bias_regularizer)
+        self.reverse_bias_constraint = constraints.get(reverse_bias_constraint)
+        self._call_sites = CallSites(self)
+        self._uses: tuple[str, ...] = ()
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        shape = tuple(input_shape)
+        if self.data_format == "channels_last":
+            self.input_channels = int(shape[-1])
+            self.input_spatial_shape = shape[1:-1]
+        else:
+            self.input_channels = int(shape[1])
+            self.input_spatial_shape = shape[2:]
+        if self.reverse_use_bias:
+            self.reverse_bias = self.add_weight(
+                name="reverse_bias",
+                shape=(self.input_channels,),
+                initializer=self.reverse_bias_initializer,
+                regularizer=self.reverse_bias_regularizer,
+                constraint=self.reverse_bias_constraint,
+            )
+        else:
+            self.reverse_bias = None
+        # The reverse direction takes `filters` channels; `__call__` checks
+        # the channels of each direction instead.
+        self.input_spec = keras.InputSpec(ndim=self.rank + 2)
+
+    @property
+    def output_padding(self) -> tuple[int, ...]:
+        """The `output_padding` of the reverse direction's transposed conv.
+
+        One integer per spatial axis: what the forward convolution dropped at
+        the end of that axis, so that the output has the size the layer was
+        built with.
+        """
+        padding = []
+        for axis, size in enumerate(self.input_spatial_shape):
+            kernel = self._dilated_kernel_size(axis)
+            stride = self.strides[axis]
+            if size is None and stride != 1:
+                raise ValueError(
+                    f"Layer '{self.name}' was built with an unknown size along "
+                    f"spatial axis {axis} and strides={self.strides}: several "
+                    "input sizes give the same output size, so the size to "
+                    "restore with `reverse=True` is ambiguous. Build it with a "
+                    "known spatial size (e.g. `keras.Input(shape=(28, 28, 1))`). "
+                    f"Received: input_spatial_shape={self.input_spatial_shape}"
+                )
+            if self.padding == "same":
+                steps = 1 if size is None else math.ceil(size / stride)
+                end = stride if size is None else size - (steps - 1) * stride
+                padding.append(end - kernel % 2)
+            elif size is None:
+                padding.append(0)
+            else:
+                if self.padding == "causal":
+                    size += kernel - 1
+                padding.append((size - kernel) % stride)
+        return tuple(padding)
+
+    def call(self, inputs, reverse=False):
+        self._call_sites.check(self, inputs)
+        if not reverse:
+            return super().call(inputs)
+        kernel = ops.cast(self.kernel, self.compute_dtype)
+        causal = self.padding == "causal"
+        outputs = ops.conv_transpose(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding="valid" if causal else self.padding,
+            output_padding=self.output_padding,
+            data_format=self.data_format,
+            dilation_rate=list(self.dilation_rate),
+        )
+        if causal:
+            # The forward direction padded its input on the left; the adjoint
+            # crops that padding off again.
+            crop = self._dilated_kernel_size(0) - 1
+            if self.data_format == "channels_last":
+                outputs = outputs[:, crop:, :]
+            else:
+                outputs = outputs[:, :, crop:]
+        if self.reverse_bias is not None:
+            if self.data_format == "channels_last":
+                bias_shape = (1,) * (self.rank + 1) + (-1,)
+            else:
+                bias_shape = (1, -1) + (1,) * self.rank
+            outputs = ops.add(outputs, ops.reshape(self.reverse_bias, bias_shape))
+        if self.reverse_activation is not None:
+            outputs = self.reverse_activation(outputs)
+        return outputs
+
+    def compute_output_shape(self, input_shape, reverse=False):
+        if not reverse:
+            return super().compute_output_shape(input_shape)
+        if self.data_format == "channels_last":
+            spatial = tuple(input_shape[1:-1])
+        else:
+            spatial = tuple(input_shape[2:])
+        sizes = []
+        for axis, (size, extra) in enumerate(
+            zip(spatial, self.output_padding, strict=True)
+        ):
+            if size is None:
+                sizes.append(None)
+                continue
+            kernel = self._dilated_kernel_size(axis)
+            stride = self.strides[axis]
+            if self.padding == "same":
+                sizes.append((size - 1) * stride + kernel % 2 + extra)
+            elif self.padding == "causal":
+                sizes.append((size - 1) * stride + 1 + extra)
+            else:
+                sizes.append((size - 1) * stride + kernel + extra)
+        if self.data_format == "channels_last":
+            return (input_shape[0], *sizes, self.input_channels)
+        return (input_shape[0], self.input_channels, *sizes)
+
+    def compute_output_spec(self, inputs, reverse=False):
+        return keras.KerasTensor(
+            self.compute_output_shape(inputs.shape, reverse=reverse),
+            dtype=self.compute_dtype,
+        )
+
+    def compute_mask(self, inputs, mask=None):
+        # Like Keras' convolutions: a mask does not survive the change of
+        # spatial size.
+        return None
+
+    def get_config(self) -> dict[str, Any]:
+        self._call_sites.check_config(self)
+        config = super().get_config()
+        config.update(
+            {
+                "reverse_activation": activations.serialize(self.reverse_activation),
+                "reverse_use_bias": self.reverse_use_bias,
+                "reverse_bias_initializer": initializers.serialize(
+                    self.reverse_bias_initializer
+                ),
+                "reverse_bias_regularizer": regularizers.serialize(
+                    self.reverse_bias_regularizer
+                ),
+                "reverse_bias_constraint": constraints.serialize(
+                    self.reverse_bias_constraint
+                ),
+            }
+        )
+        return config
+
+    # The reverse bias is stored after what a Keras convolution stores, so
+    # the entries of a plain convolution keep their places.
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built and self.reverse_bias is not None:
+            store[str(1 + int(self.use_bias))] = self.reverse_bias
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built and self.reverse_bias is not None:
+            self.reverse_bias.assign(store[str(1 + int(self.use_bias))])
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        raise NotImplementedError(
+            f"Layer '{self.name}' ({type(self).__name__}) cannot be quantized: "
+            f"its reverse direction has no quantized form. Received: mode={mode!r}"
+        )
+
+    def _channel_axis(self) -> int:
+        return -1 if self.data_format == "channels_last" else 1
+
+    def _dilated_kernel_size(self, axis: int) -> int:
+        return (self.kernel_size[axis] - 1) * self.dilation_rate[axis] + 1
+
+    def _check_features(self, inputs, reverse: bool) -> None:
+        expected = self.filters if reverse else self.input_channels
+        shape = getattr(inputs, "shape", None)
+        if shape is None or len(shape) != self.rank + 2:
+            return
+        channels = shape[self._channel_axis()]
+        if channels is not None and int(channels) != expected:
+            what = "`filters`" if reverse else "input channels"
+            direction = "`reverse=True`" if reverse else "the forward direction"
+            raise ValueError(
+                f"Layer '{self.name}' expects inputs with {expected} channels "
+                f"({what}) on axis {self._channel_axis()} in {direction} "
+                f"(data_format={self.data_format!r}). Received: "
+                f"inputs.shape={tuple(shape)}"
+            )
+
+
+def _conv_init(base):
+    def __init__(
+        self,
+        filters,
+        kernel_size,
+        strides=1,
+        padding="valid",
+        data_format=None,
+        dilation_rate=1,
+        activation=None,
+        use_bias=True,
+        reverse_activation=None,
+        reverse_use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        reverse_bias_initializer="zeros",
+        kernel_regularizer=None,
+        bias_regularizer=None,
+        reverse_bias_regularizer=None,
+        activity_regularizer=None,
+        kernel_constraint=None,
+        bias_constraint=None,
+        reverse_bias_constraint=None,
+        **kwargs,
+    ):
+        base.__init__(
+            self,
+            filters=filters,
+            kernel_size=kernel_size,
+            strides=strides,
+            padding=padding,
+            data_format=data_format,
+            dilation_rate=dilation_rate,
+            activation=activation,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            **kwargs,
+        )
+        self._reversible_init(
+            reverse_activation,
+            reverse_use_bias,
+            reverse_bias_initializer,
+            reverse_bias_regularizer,
+            reverse_bias_constraint,
+        )
+
+    return __init__
+
+
+@keras.saving.register_keras_serializable(package="keras_tether")
+class ReversibleConv1D(ReversibleConv, keras.layers.Conv1D):
+    __init__ = _conv_init(keras.layers.Conv1D)
+
+
+@keras.saving.register_keras_serializable(package="keras_tether")
+class ReversibleConv2D(ReversibleConv, keras.layers.Conv2D):
+    __init__ = _conv_init(keras.layers.Conv2D)
+
+
+@keras.saving.register_keras_serializable(package="keras_tether")
+class ReversibleConv3D(ReversibleConv, keras.layers.Conv3D):
+    __init__ = _conv_init(keras.layers.Conv3D)
+
+
+ReversibleConv1D.__doc__ = _DOC.format(
+    rank=1,
+    base="Conv1D",
+    name="ReversibleConv1D",
+    example_shape="(9, 3)",
+    example_output="(None, 9, 3)",
+)
+ReversibleConv2D.__doc__ = _DOC.format(
+    rank=2,
+    base="Conv2D",
+    name="ReversibleConv2D",
+    example_shape="(7, 7, 3)",
+    example_output="(None, 7, 7, 3)",
+)
+ReversibleConv3D.__doc__ = _DOC.format(
+    rank=3,
+    base="Conv3D",
+    name="ReversibleConv3D",
+    example_shape="(5, 5, 5, 2)",
+    example_output="(None, 5, 5, 5, 2)",
+)
