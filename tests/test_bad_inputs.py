@@ -1136,17 +1136,6 @@ _PENDING = {
     "moe-seed-type": "MixtureOfExperts: seed via check_optional_int",
     "moe-rank-1": "MixtureOfExperts: call message names `inputs`",
     "moe-features-change": "MixtureOfExperts: a changed feature size is not refused",
-    "pd-activation-name": "ParallelDense: activation via get_keras_object",
-    "pd-kernel-init-name": "ParallelDense: initializer via get_keras_object",
-    "pd-bias-init-name": "ParallelDense: initializer via get_keras_object",
-    "pd-kernel-reg-name": "ParallelDense: regularizer via get_keras_object",
-    "pd-bias-reg-name": "ParallelDense: regularizer via get_keras_object",
-    "pd-activity-reg-name": "ParallelDense: regularizer via get_keras_object",
-    "pd-kernel-constraint-name": "ParallelDense: constraint via get_keras_object",
-    "pd-bias-constraint-name": "ParallelDense: constraint via get_keras_object",
-    "pd-rank-1": "ParallelDense: call message names `inputs`",
-    "pd-features-change": "ParallelDense: Keras' InputSpec message names no argument",
-    "pz-unknown-weight": "Parametrized: message names `parametrizations`",
 }
 
 

@@ -46,7 +46,7 @@ def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     A model answers through its public `layers`. Keras has no public way to
     list the sublayers of any other layer (a custom layer's attributes, a
     wrapper's inner layer): Python attributes are no substitute, because the
-    torch backend keeps sublayers in `torch.nn.Module._modules`, out of the
+    torch backend keeps sublayers in torch's module registry, out of the
     instance dictionary. So this is the one place that reads Keras' own
     tracking, through `_flatten_layers`, the method Keras' `summary` and
     `quantize` use for the same walk.

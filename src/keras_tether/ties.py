@@ -43,31 +43,8 @@ class Tie:
     uses: tuple[str, ...]
 
 
-def _inner_layers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """The layers a custom layer holds as attributes, directly or in lists."""
-    found = []
-    for value in vars(layer).values():
-        values = value if isinstance(value, list | tuple) else [value]
-        found += [v for v in values if isinstance(v, keras.layers.Layer)]
-    return found
-
-
 def _tied_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    found: list[keras.layers.Layer] = []
-    seen: set[int] = set()
-
-    def visit(layer):
-        if id(layer) in seen:
-            return
-        seen.add(id(layer))
-        if _is_tied(layer):
-            found.append(layer)
-        for inner in _inner_layers(layer):
-            visit(inner)
-
-    for layer in all_layers(model):
-        visit(layer)
-    return found
+    return [layer for layer in all_layers(model) if _is_tied(layer)]
 
 
 def _is_tied(layer: keras.layers.Layer) -> bool:

@@ -15,6 +15,7 @@ from keras_tether._validation import (
     check_bool,
     check_positive_int,
     check_positive_number,
+    get_keras_object,
 )
 
 # Seeds handed to per-branch initializers stay in int32's positive range,
@@ -171,6 +172,12 @@ class ParallelDense(keras.layers.Layer):
             lora_rank = check_positive_int(lora_rank, "lora_rank")
         if lora_alpha is not None:
             lora_alpha = check_positive_number(lora_alpha, "lora_alpha")
+        activity_regularizer = get_keras_object(
+            keras.regularizers.get,
+            activity_regularizer,
+            "activity_regularizer",
+            "a regularizer",
+        )
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         if self.quantization_mode is not None:
             raise ValueError(
@@ -180,14 +187,43 @@ class ParallelDense(keras.layers.Layer):
             )
         self.units = units
         self.branches = branches
-        self.activation = keras.activations.get(activation)
+        self.activation = get_keras_object(
+            keras.activations.get, activation, "activation", "an activation"
+        )
         self.use_bias = use_bias
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
-        self.bias_regularizer = keras.regularizers.get(bias_regularizer)
-        self.kernel_constraint = keras.constraints.get(kernel_constraint)
-        self.bias_constraint = keras.constraints.get(bias_constraint)
+        self.kernel_initializer = get_keras_object(
+            keras.initializers.get,
+            kernel_initializer,
+            "kernel_initializer",
+            "an initializer",
+        )
+        self.bias_initializer = get_keras_object(
+            keras.initializers.get,
+            bias_initializer,
+            "bias_initializer",
+            "an initializer",
+        )
+        self.kernel_regularizer = get_keras_object(
+            keras.regularizers.get,
+            kernel_regularizer,
+            "kernel_regularizer",
+            "a regularizer",
+        )
+        self.bias_regularizer = get_keras_object(
+            keras.regularizers.get,
+            bias_regularizer,
+            "bias_regularizer",
+            "a regularizer",
+        )
+        self.kernel_constraint = get_keras_object(
+            keras.constraints.get,
+            kernel_constraint,
+            "kernel_constraint",
+            "a constraint",
+        )
+        self.bias_constraint = get_keras_object(
+            keras.constraints.get, bias_constraint, "bias_constraint", "a constraint"
+        )
         self.per_branch_inputs = per_branch_inputs
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank
@@ -219,7 +255,6 @@ class ParallelDense(keras.layers.Layer):
                 regularizer=_per_branch_regularizer(self.bias_regularizer),
                 constraint=_per_branch_constraint(self.bias_constraint),
             )
-        self.input_spec = keras.InputSpec(axes={-1: input_dim})
         self.built = True
         if self.lora_rank:
             self.enable_lora(self.lora_rank, lora_alpha=self.lora_alpha)
@@ -557,11 +592,18 @@ class ParallelDense(keras.layers.Layer):
         return config
 
     def _check_branch_axis(self, input_shape: tuple) -> None:
+        features = input_shape[-1] if input_shape else None
+        if self.built and features is not None and features != self._kernel.shape[1]:
+            raise ValueError(
+                f"Layer '{self.name}' (`ParallelDense`) was built for "
+                f"{self._kernel.shape[1]} input features, and its `inputs` must "
+                f"keep that last axis. Received: `inputs` of shape {input_shape}"
+            )
         if not self.per_branch_inputs:
             if len(input_shape) < 2:
                 raise ValueError(
-                    f"Layer '{self.name}' (`ParallelDense`) expects inputs of "
-                    "shape (batch_size, ..., input_dim). Received: input of "
+                    f"Layer '{self.name}' (`ParallelDense`) expects `inputs` of "
+                    "shape (batch_size, ..., input_dim). Received: `inputs` of "
                     f"shape {input_shape}"
                 )
             return
@@ -569,8 +611,8 @@ class ParallelDense(keras.layers.Layer):
             raise ValueError(
                 f"Layer '{self.name}' (`ParallelDense` with "
                 f"branches={self.branches}, per_branch_inputs=True) expects "
-                f"inputs of shape (batch_size, {self.branches}, ..., input_dim), "
-                "one slice per branch along axis 1. Received: input of shape "
+                f"`inputs` of shape (batch_size, {self.branches}, ..., input_dim), "
+                "one slice per branch along axis 1. Received: `inputs` of shape "
                 f"{input_shape}"
             )
 

@@ -605,21 +605,17 @@ def _find_variable(layer: keras.layers.Layer, name: str):
             return variable
     names = sorted({w.path.split("/")[-1] for w in layer.weights})
     raise ValueError(
-        f"Layer '{layer.name}' ({type(layer).__name__}) has no weight attribute "
-        f"{name!r} that holds one of its variables (LoRA or quantization "
-        f"replaces it with a computed tensor). Its variables are named {names}."
+        f"Each key of `parametrizations` must name a weight attribute of the "
+        f"wrapped layer that holds one of its variables (LoRA or quantization "
+        f"replaces it with a computed tensor). Layer '{layer.name}' "
+        f"({type(layer).__name__}) has variables named {names}. Received: "
+        f"parametrizations key {name!r}"
     )
 
 
 def _serialize_plain(layer: keras.layers.Layer) -> dict:
     """Serializes `layer` as its own class, not the parametrized subclass."""
-    # Serializing twice inside Keras' object-sharing scope (`.keras` saving)
-    # marks the layer as shared at once, before the model copies this config:
-    # another layer that holds it then loads as the very object
-    # this wrapper holds, not as a copy.
     if not hasattr(type(layer), "_parametrized_base_class"):
-        keras.saving.serialize_keras_object(layer)
         return keras.saving.serialize_keras_object(layer)
     with _AsBaseClass(layer) as plain:
-        keras.saving.serialize_keras_object(plain)
         return keras.saving.serialize_keras_object(plain)
