@@ -38,6 +38,33 @@ EXPECTED_ROWS = [
     ("stress", "WeightedAverage", "Add", "keras-layers", None),
     ("stress forward", "WeightedAverage", "Add", "keras-layers", None),
     ("seed scenario", "WeightedAverage", "Add", "keras-layers", 1.05),
+    *(
+        (
+            f"list parity N={inputs}",
+            "WeightedAverage",
+            "hand-written loop",
+            "hand-written-ops",
+            1.10,
+        )
+        for inputs in (2, 3, 8, 16)
+    ),
+    *(
+        (
+            "stacked parity N=8",
+            "WeightedAverage(branch_axis=1)",
+            baseline,
+            "hand-written-ops",
+            1.10,
+        )
+        for baseline in ("hand-written sum(w * x)", "hand-written einsum")
+    ),
+    (
+        "list mixing first fit N=4",
+        "WeightedAverage over 4 inputs",
+        "keras Average over 4 inputs",
+        "keras-layers",
+        3.0,
+    ),
     (
         "tied autoencoder",
         "tied (ReversibleDense)",

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from benchmarks.scenarios import Comparison, Context
+from benchmarks.scenarios import Comparison, Context, parallel
 from benchmarks.scenarios._data import random, seed_data, tensors
 from benchmarks.schema import make_row
 from benchmarks.timing import Candidate, train_step
@@ -26,6 +26,14 @@ HAND_WRITTEN_TARGET = 1.10
 SEED_FORMULA_TARGET = 1.00
 # In whole models the mixture is a small part of the step.
 SEED_TARGET = 1.05
+# The list sizes of the parity rows against the hand-written running sum,
+# and the branch count of the stacked-form rows.
+PARITY_INPUTS = (2, 3, 8, 16)
+STACKED_INPUTS = 8
+# Branch count of the list model's first fit (trace and compile) against
+# `keras.layers.Average`, per backend: TensorFlow traces a list model of 64
+# branches for minutes, whichever layer mixes it, so it stops at 16.
+FIRST_FIT_BRANCHES = {"jax": 256, "torch": 256, "tensorflow": 16, "quick": 4}
 
 
 @dataclass(frozen=True)
@@ -296,4 +304,133 @@ def seed_scenario(context: Context) -> Comparison:
     return Comparison(details, rows)
 
 
-SCENARIOS = (stress, stress_forward, seed_scenario)
+def _parity_scenario(inputs: int):
+    """The list parity comparison at `inputs` inputs."""
+
+    def scenario(context: Context) -> Comparison:
+        sizes = _sizes(context)
+        sizes = Sizes(**{**sizes.__dict__, "stress_inputs": inputs})
+        x, y = _stress_data(sizes)
+        candidates = []
+        for key, label, combiner in (
+            ("weighted_average", "WeightedAverage", WeightedAverage),
+            ("loop", "hand-written loop", HandWrittenLoop),
+        ):
+            layer_inputs = [
+                keras.Input(shape=(sizes.stress_features,)) for _ in range(inputs)
+            ]
+            model = keras.Model(layer_inputs, combiner()(layer_inputs), name=key)
+            model.compile(optimizer="adam", loss="mse")
+            candidates.append(Candidate(key, label, model, train_step(model, x, y)))
+        timing = context.time(candidates)
+        name = f"list parity N={inputs}"
+        details = {
+            **_describe_stress(
+                sizes,
+                name,
+                f"training step (train_on_batch, adam, mse) of a model that "
+                f"only mixes a list of {inputs} inputs: WeightedAverage against "
+                "softmax(logits) and the running sum w_1 * x_1 + ... by hand",
+            ),
+            **timing,
+        }
+        row = make_row(
+            name,
+            timing,
+            "weighted_average",
+            "loop",
+            baseline_kind="hand-written-ops",
+            target=HAND_WRITTEN_TARGET,
+        )
+        return Comparison(details, [row])
+
+    scenario.__name__ = f"list_parity_{inputs}"
+    return scenario
+
+
+class HandWrittenStackedSum(keras.layers.Layer):
+    """Mixes `(batch, N, ...)` along axis 1 by hand: `sum(w * x, axis=1)`."""
+
+    def build(self, input_shape):
+        self.logits = self.add_weight(
+            name="logits", shape=(input_shape[1],), initializer="zeros"
+        )
+
+    def call(self, inputs):
+        shape = (1, -1) + (1,) * (len(inputs.shape) - 2)
+        weights = ops.reshape(ops.softmax(self.logits), shape)
+        return ops.sum(inputs * weights, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[:1] + input_shape[2:]
+
+
+class HandWrittenEinsum(HandWrittenStackedSum):
+    """Mixes `(batch, N, features)` along axis 1 by hand with an einsum."""
+
+    def call(self, inputs):
+        return ops.einsum("bnf,n->bf", inputs, ops.softmax(self.logits))
+
+
+def stacked_parity(context: Context) -> Comparison:
+    """`WeightedAverage(branch_axis=1)` against the hand-written forms."""
+    sizes = _sizes(context)
+    sizes = Sizes(**{**sizes.__dict__, "stress_inputs": STACKED_INPUTS})
+    x, y = _stress_data(sizes)
+    stacked = ops.stack(x, axis=1)
+    candidates = []
+    for key, label, combiner in (
+        (
+            "weighted_average",
+            "WeightedAverage(branch_axis=1)",
+            lambda: WeightedAverage(branch_axis=1),
+        ),
+        ("sum", "hand-written sum(w * x)", HandWrittenStackedSum),
+        ("einsum", "hand-written einsum", HandWrittenEinsum),
+    ):
+        layer_input = keras.Input(shape=(STACKED_INPUTS, sizes.stress_features))
+        model = keras.Model(layer_input, combiner()(layer_input), name=key)
+        model.compile(optimizer="adam", loss="mse")
+        candidates.append(Candidate(key, label, model, train_step(model, stacked, y)))
+    timing = context.time(candidates)
+    name = f"stacked parity N={STACKED_INPUTS}"
+    details = {
+        **_describe_stress(
+            sizes,
+            name,
+            "training step (train_on_batch, adam, mse) of a model that only "
+            f"mixes one (batch, {STACKED_INPUTS}, features) tensor along axis 1",
+        ),
+        **timing,
+    }
+    rows = [
+        make_row(
+            name,
+            timing,
+            "weighted_average",
+            baseline,
+            baseline_kind="hand-written-ops",
+            target=HAND_WRITTEN_TARGET,
+        )
+        for baseline in ("sum", "einsum")
+    ]
+    return Comparison(details, rows)
+
+
+def list_first_fit(context: Context) -> Comparison:
+    """The first fit of many branches mixed over a list, against `Average`."""
+    key = "quick" if context.quick else context.backend
+    branches = FIRST_FIT_BRANCHES[key]
+    return parallel._first_fit(
+        context, branches, name=f"list mixing first fit N={branches}"
+    )
+
+
+SCENARIOS = (
+    stress,
+    stress_forward,
+    seed_scenario,
+    *(_parity_scenario(inputs) for inputs in PARITY_INPUTS),
+    stacked_parity,
+    list_first_fit,
+)

@@ -315,7 +315,7 @@ def per_branch_product(context: Context) -> Comparison:
     return Comparison(details, rows)
 
 
-def _first_fit(context: Context, branches: int) -> Comparison:
+def _first_fit(context: Context, branches: int, name: str | None = None) -> Comparison:
     sizes = QUICK if context.quick else FULL
     # Each round starts two processes: one round suffices to check the
     # quick run, which must stay fast.
@@ -352,7 +352,7 @@ def _first_fit(context: Context, branches: int) -> Comparison:
             for key, label in mixers.items()
         },
     }
-    name = f"first fit N={branches}"
+    name = name or f"first fit N={branches}"
     details = {
         "name": name,
         "description": (

@@ -20,6 +20,10 @@ from keras_tether._validation import (
 
 # Keeps the normalization finite for constant inputs; statistics are float32.
 _NORMALIZATION_EPSILON = 1e-6
+# Up to this many inputs, a list is mixed by a running sum `w_1 * x_1 + ...`,
+# which reads each input once and copies none; above it, by one weighted sum
+# of the stacked inputs (see `WeightedAverage.call`).
+_RUNNING_SUM_MAX_BRANCHES = 16
 # Slack allowed when checking that `initial_weights` sum to one, per branch.
 _SUM_TOLERANCE = 1e-6
 
@@ -334,20 +338,23 @@ class WeightedAverage(keras.layers.Layer):
                 self._expand(x, count)
                 for x, count in zip(inputs, self._expand_counts, strict=True)
             ]
-            # One stacked tensor and one weighted sum, rather than a chain
-            # of N products and sums: the chain's gradient made XLA's
-            # compile time grow faster than quadratically with N.
+            weights = self._mixture(bool(training))
+            if self._num_branches <= _RUNNING_SUM_MAX_BRANCHES:
+                return _running_sum(inputs, weights)
+            # XLA fuses each branch's gradient with the whole chain of sums,
+            # so a running sum compiles in time quadratic in N; one stacked
+            # tensor and one weighted sum compile in linear time.
             stacked = ops.stack(_broadcast_to_common_shape(inputs), axis=1)
-        else:
-            self._check_stacked_call_input(inputs)
-            stacked = self._to_float(inputs)
-            if self.normalize_inputs:
-                axes = tuple(
-                    axis
-                    for axis in range(1, len(stacked.shape))
-                    if axis != self._stacked_branch_axis
-                )
-                stacked = self._normalize(stacked, mask, axes=axes)
+            return ops.sum(stacked * weights, axis=1)
+        self._check_stacked_call_input(inputs)
+        stacked = self._to_float(inputs)
+        if self.normalize_inputs:
+            axes = tuple(
+                axis
+                for axis in range(1, len(stacked.shape))
+                if axis != self._stacked_branch_axis
+            )
+            stacked = self._normalize(stacked, mask, axes=axes)
         weights = self._mixture(bool(training))
         return ops.sum(stacked * weights, axis=self._stacked_branch_axis)
 
@@ -570,6 +577,19 @@ def weighted_average(inputs: Sequence[Tensor], **kwargs: Any) -> Tensor:
            [0.5, 0.5, 0.5, 0.5]], dtype=float32)
     """
     return WeightedAverage(**kwargs)(inputs)
+
+
+def _running_sum(inputs: list[Tensor], weights: Tensor) -> Tensor:
+    """`sum_i weights[:, i] * inputs[i]`, one product and one sum per input.
+
+    `weights` has the branches along axis 1 and size 1 or the feature size
+    along the others; each input broadcasts against its slice.
+    """
+    branch_weights = ops.unstack(weights, num=len(inputs), axis=1)
+    output = inputs[0] * branch_weights[0]
+    for x, weight in zip(inputs[1:], branch_weights[1:], strict=True):
+        output = output + x * weight
+    return output
 
 
 def _validate_initial_weights(
