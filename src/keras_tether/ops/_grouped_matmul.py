@@ -83,11 +83,15 @@ def tiled_layout(group_sizes: Tensor, rows: int, tile: int) -> TiledLayout:
     return TiledLayout(tile, tiles, slot_rows, tile_groups, row_slots, row_valid)
 
 
-def tiled_product(padded: Tensor, kernels: Tensor, layout: TiledLayout) -> Tensor:
-    """`(tiles * tile, k)` padded rows times their tile's kernel -> `(tiles * tile, n)`."""
+def tiled_product(
+    padded: Tensor, kernels: Tensor, layout: TiledLayout, bias: Tensor | None = None
+) -> Tensor:
+    """Padded rows `(tiles * tile, k)` times their tile's kernel (plus bias)."""
     tiles = ops.reshape(padded, (layout.tiles, layout.tile, padded.shape[-1]))
     tile_kernels = ops.take(kernels, layout.tile_groups, axis=0)
     products = ops.matmul(tiles, tile_kernels)
+    if bias is not None:
+        products = products + ops.take(bias, layout.tile_groups, axis=0)[:, None, :]
     return ops.reshape(products, (layout.tiles * layout.tile, kernels.shape[-1]))
 
 
