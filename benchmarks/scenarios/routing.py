@@ -98,7 +98,7 @@ def mixture_of_experts(context: Context) -> Comparison:
         for dispatch in ("sparse", "dense"):
             tokens = keras.Input(shape=shape[1:])
             moe = MixtureOfExperts(
-                experts=experts,
+                num_experts=experts,
                 hidden_units=sizes.hidden,
                 top_k=sizes.top_k,
                 capacity_factor=sizes.capacity_factor,

@@ -23,7 +23,8 @@ from keras_tether.layers._router import (
     check_top_k_fits,
     make_router,
 )
-from keras_tether.ops._grouped_matmul import default_tile, tiled_layout, tiled_product
+from keras_tether.ops._dropless import combine, sort_assignments
+from keras_tether.ops._grouped_matmul import tiled_product
 
 DISPATCHES = ("dropless", "sparse", "dense")
 
@@ -556,32 +557,18 @@ class MixtureOfExperts(keras.layers.Layer):
         number of assignments computed.
         """
         features = tokens.shape[-1]
-        top_k = self.top_k
         flat_tokens = ops.reshape(tokens, (-1, features))
-        rows = flat_tokens.shape[0] * top_k
-        # An assignment is computed when its gate is non-zero and its token
-        # is not padding; the others go to a virtual expert past the last,
-        # which sorts them after every group, so no tile holds them.
+        top_indices = ops.reshape(top_indices, (-1, self.top_k))
+        top_gates = ops.reshape(top_gates, (-1, self.top_k))
+        # A choice is computed when its gate is non-zero and its token is not
+        # padding.
         routed = ops.not_equal(top_gates, 0.0)
         if mask is not None:
-            routed = ops.logical_and(routed, ops.cast(mask, "bool")[..., None])
-        expert_of = ops.where(routed, top_indices, self.num_experts)
-        expert_of = ops.reshape(expert_of, (rows,))
-        order = ops.argsort(expert_of)
-        sorted_experts = ops.take(expert_of, order, axis=0)
-        group_ends = ops.searchsorted(
-            sorted_experts,
-            ops.arange(self.num_experts, dtype=sorted_experts.dtype),
-            side="right",
-        )
-        group_ends = ops.cast(group_ends, "int32")
-        group_sizes = group_ends - ops.concatenate(
-            [ops.zeros((1,), "int32"), group_ends[:-1]]
-        )
-        layout = tiled_layout(group_sizes, rows, default_tile(rows, self.num_experts))
-        # Slot -> sorted assignment -> assignment -> its token.
-        slot_tokens = ops.take(order, layout.slot_rows, axis=0) // top_k
-        padded = ops.take(flat_tokens, slot_tokens, axis=0)
+            kept = ops.reshape(ops.cast(mask, "bool"), (-1, 1))
+            routed = ops.logical_and(routed, kept)
+        assignments = sort_assignments(top_indices, routed, self.num_experts)
+        layout = assignments.layout
+        padded = ops.take(flat_tokens, assignments.slot_tokens, axis=0)
         hidden = self._grouped(self.expert_input, padded, layout)
         if self.expert_gate is not None:
             gate = self._grouped(self.expert_gate, padded, layout)
@@ -589,13 +576,8 @@ class MixtureOfExperts(keras.layers.Layer):
         else:
             hidden = self.activation(hidden)
         results = self._grouped(self.expert_output, hidden, layout)
-        # Each assignment's slot, in token order.
-        assignment_slots = ops.take(layout.row_slots, ops.argsort(order), axis=0)
-        results = ops.take(results, assignment_slots, axis=0)
-        results = ops.reshape(results, (-1, top_k, features))
         gates = ops.where(routed, top_gates, 0.0)
-        gates = ops.cast(ops.reshape(gates, (-1, top_k, 1)), results.dtype)
-        outputs = ops.sum(results * gates, axis=1)
+        outputs = combine(results, assignments, gates)
         outputs = ops.reshape(outputs, ops.shape(tokens))
         return outputs, ops.sum(ops.cast(routed, "float32"))
 
