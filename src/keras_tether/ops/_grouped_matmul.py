@@ -88,7 +88,13 @@ def tiled_product(
 ) -> Tensor:
     """Padded rows `(tiles * tile, k)` times their tile's kernel (plus bias)."""
     tiles = ops.reshape(padded, (layout.tiles, layout.tile, padded.shape[-1]))
-    tile_kernels = ops.take(kernels, layout.tile_groups, axis=0)
+    groups, rows, columns = kernels.shape
+    # Gathering whole kernels as rows of a matrix: torch's CPU gather along
+    # the first axis of a 3-D tensor is many times slower than of a 2-D one.
+    tile_kernels = ops.take(
+        ops.reshape(kernels, (groups, rows * columns)), layout.tile_groups, axis=0
+    )
+    tile_kernels = ops.reshape(tile_kernels, (layout.tiles, rows, columns))
     products = ops.matmul(tiles, tile_kernels)
     if bias is not None:
         products = products + ops.take(bias, layout.tile_groups, axis=0)[:, None, :]
