@@ -285,6 +285,14 @@ def test_blocks_it_cannot_convert_are_named_in_a_warning():
         assert sparsify(keras.Sequential([keras.layers.Dense(2)])) == []
 
 
+def test_a_block_not_built_yet_is_named_in_a_warning():
+    block = mixtral_block()
+    with pytest.warns(UserWarning, match=r"\(MixtralSparseMoeBlock\)"):
+        assert sparsify(Holder(block)) == []
+    block.build((2, 3, 16))
+    assert len(sparsify(Holder(block))) == 1
+
+
 def test_a_non_layer_is_refused():
     with pytest.raises(TypeError, match=r"`model`.*Keras model or layer.*str"):
         sparsify("qwen3")

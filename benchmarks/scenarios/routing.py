@@ -285,12 +285,16 @@ def _ours_on_the_same_weights(
         use_bias=False,
     )
     model = keras.Model(tokens, moe(tokens), name=f"{dispatch}_{experts}")
+    # Copies, not the arrays themselves: JAX's training step donates (frees)
+    # the arrays of the model it updates.
     bank = block.expert_bank
     gate_up = keras.ops.convert_to_numpy(bank._expert_feedforward_gate_dense)
-    moe.router.kernel.assign(block._sparse_feedforward_gate_dense.kernel)
+    router = keras.ops.convert_to_numpy(block._sparse_feedforward_gate_dense.kernel)
+    output = keras.ops.convert_to_numpy(bank._expert_feedforward_output_dense)
+    moe.router.kernel.assign(router)
     moe.expert_gate.kernel.assign(gate_up[..., : sizes.hidden])
     moe.expert_input.kernel.assign(gate_up[..., sizes.hidden :])
-    moe.expert_output.kernel.assign(bank._expert_feedforward_output_dense)
+    moe.expert_output.kernel.assign(output)
     return model
 
 

@@ -54,7 +54,9 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
     Mixtral (`MixtralSparseMoeBlock`), Qwen-MoE (`QwenSparseMoeBlock`) and
     Qwen3.5-MoE (`Qwen3_5MoeSparseMoeBlock`). Any other layer whose class
     name ends in `MoeBlock` (GPT-OSS, Gemma 4) is left as it is and named
-    in a warning. Calling `sparsify` again converts nothing twice.
+    in a warning, and so is a supported block that lacks an attribute its
+    sparse call reads (a block not built yet, or a keras-hub release that
+    renamed it). Calling `sparsify` again converts nothing twice.
 
     The conversion is of the Python objects, not of the saved model: a
     `.keras` file or a preset holds the keras-hub model as it was, and
@@ -90,10 +92,10 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
         if getattr(layer, _MARK, None) is not None:
             continue
         converter = converters.get(type(layer))
-        if converter is not None:
-            _convert(layer, converter)
+        if converter is not None and _has_attributes(layer, converter[1]):
+            _convert(layer, converter[0])
             converted.append(name)
-        elif _MOE_BLOCK_NAME.search(type(layer).__name__):
+        elif converter is not None or _MOE_BLOCK_NAME.search(type(layer).__name__):
             skipped.append(name)
     if skipped:
         warnings.warn(
@@ -111,6 +113,17 @@ def _nested_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
     accessor; `_flatten_layers` is the one function that reads it.
     """
     return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def _has_attributes(block: Any, paths: tuple[str, ...]) -> bool:
+    """Whether the block has what its sparse call reads (keras-hub may rename)."""
+    for path in ("hidden_dim", "num_experts", "top_k", *paths):
+        value = block
+        for name in path.split("."):
+            value = getattr(value, name, None)
+        if value is None:
+            return False
+    return True
 
 
 def _convert(block: keras.layers.Layer, sparse_call: Callable) -> None:
@@ -133,11 +146,42 @@ def _converters() -> dict[type, Callable]:
             "`keras_tether.moe.sparsify` converts keras-hub models and needs "
             "keras-hub: `pip install keras-hub`."
         ) from error
+    fused = ("expert_bank._expert_feedforward_gate_dense",)
+    output = ("expert_bank._expert_feedforward_output_dense",)
+    router = ("_sparse_feedforward_gate_dense",)
     families = {
-        "qwen3_moe.qwen3_moe_decoder.Qwen3SparseMoeBlock": _qwen3_call,
-        "mixtral.mixtral_decoder.MixtralSparseMoeBlock": _mixtral_call,
-        "qwen_moe.qwen_moe_decoder.QwenSparseMoeBlock": _qwen_call,
-        "qwen3_5_moe.qwen3_5_moe_decoder.Qwen3_5MoeSparseMoeBlock": _qwen3_5_call,
+        "qwen3_moe.qwen3_moe_decoder.Qwen3SparseMoeBlock": (
+            _qwen3_call,
+            router + fused + output + ("expert_bank.activation", "norm_top_k_prob"),
+        ),
+        "mixtral.mixtral_decoder.MixtralSparseMoeBlock": (
+            _mixtral_call,
+            router
+            + fused
+            + output
+            + (
+                "expert_bank._expert_feedforward_intermediate_dense",
+                "expert_bank.activation",
+                "router_jitter_noise",
+                "router_aux_loss_coef",
+            ),
+        ),
+        "qwen_moe.qwen_moe_decoder.QwenSparseMoeBlock": (
+            _qwen_call,
+            router
+            + fused
+            + output
+            + (
+                "expert_bank.activation",
+                "shared_expert_dense",
+                "shared_expert_gate_dense",
+                "norm_top_k_prob",
+            ),
+        ),
+        "qwen3_5_moe.qwen3_5_moe_decoder.Qwen3_5MoeSparseMoeBlock": (
+            _qwen3_5_call,
+            fused + output + ("_router_gate", "shared_expert", "_shared_expert_gate"),
+        ),
     }
     converters = {}
     for path, call in families.items():
