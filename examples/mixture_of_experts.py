@@ -45,11 +45,12 @@ def build_model(experts: int = CLUSTERS) -> keras.Model:
     """One `MixtureOfExperts` layer, each token routed to one expert."""
     inputs = keras.Input(shape=(FEATURES,))
     moe = keras_tether.layers.MixtureOfExperts(
-        experts=experts,
+        num_experts=experts,
         hidden_units=32,
         top_k=1,
         normalize_top_k=False,
         capacity_factor=2.0,
+        dispatch="sparse",
         load_balancing_coefficient=0.01,
         name="moe",
     )
@@ -61,7 +62,7 @@ def routing_table(model: keras.Model, x: np.ndarray, cluster: np.ndarray) -> np.
     moe = model.get_layer("moe")
     chosen, _ = moe.route(x)
     chosen = np.asarray(keras.ops.convert_to_numpy(chosen))[:, 0]
-    table = np.zeros((CLUSTERS, moe.experts))
+    table = np.zeros((CLUSTERS, moe.num_experts))
     np.add.at(table, (cluster, chosen), 1.0)
     return table / np.maximum(table.sum(axis=1, keepdims=True), 1.0)
 

@@ -124,7 +124,7 @@ def test_mixture_of_experts_example_runs():
     assert table.shape == (4, 4)
     assert all(abs(row.sum() - 1.0) < 1e-6 for row in table)
     assert mse == mse and mse < float("inf")  # finite
-    assert model.get_layer("moe").experts == 4
+    assert model.get_layer("moe").num_experts == 4
 
 
 def test_routing_page_python_blocks_run(tmp_path, monkeypatch):

@@ -76,12 +76,12 @@ def randomize_biases(layer, seed=1):
 
 @pytest.mark.parametrize(
     ("dispatch", "capacity_factor"),
-    [("sparse", None), ("sparse", 0.5), ("dense", 0.5)],
+    [("dropless", None), ("sparse", None), ("sparse", 0.5), ("dense", 0.5)],
 )
 def test_matches_the_reference_loop(dispatch, capacity_factor):
     x = random_tokens((2, 8, 6))
     layer = MixtureOfExperts(
-        experts=4,
+        num_experts=4,
         hidden_units=5,
         top_k=2,
         capacity_factor=capacity_factor,
@@ -107,7 +107,9 @@ def test_matches_the_reference_loop(dispatch, capacity_factor):
 
 def test_a_batch_of_single_tokens_is_one_group():
     x = random_tokens((10, 6), seed=2)
-    layer = MixtureOfExperts(experts=3, hidden_units=4, top_k=1, capacity_factor=0.9)
+    layer = MixtureOfExperts(
+        num_experts=3, hidden_units=4, top_k=1, capacity_factor=0.9, dispatch="sparse"
+    )
     output = to_numpy(layer(x))
     expected, dropped = np_moe(x, expert_weights(layer), 1, math.ceil(0.9 * 10 / 3))
     np.testing.assert_allclose(output, expected, atol=2e-5)
@@ -116,7 +118,9 @@ def test_a_batch_of_single_tokens_is_one_group():
 def test_padding_is_not_routed_and_takes_no_capacity():
     x = random_tokens((2, 8, 6), seed=3)
     mask = np.array([[1] * 6 + [0] * 2, [1] * 4 + [0] * 4], bool)
-    layer = MixtureOfExperts(experts=4, hidden_units=5, top_k=1, capacity_factor=1.0)
+    layer = MixtureOfExperts(
+        num_experts=4, hidden_units=5, top_k=1, capacity_factor=1.0, dispatch="sparse"
+    )
     output = to_numpy(layer(x, mask=mask))
     weights = expert_weights(layer)
     for group in range(2):
@@ -128,7 +132,12 @@ def test_padding_is_not_routed_and_takes_no_capacity():
 def test_residual_passes_dropped_tokens_through():
     x = random_tokens((2, 8, 6), seed=4)
     layer = MixtureOfExperts(
-        experts=4, hidden_units=5, top_k=1, capacity_factor=0.5, residual=True
+        num_experts=4,
+        hidden_units=5,
+        top_k=1,
+        capacity_factor=0.5,
+        dispatch="sparse",
+        residual=True,
     )
     output = to_numpy(layer(x))
     expected, dropped = np_moe(x[0], expert_weights(layer), 1, 1)
@@ -147,13 +156,14 @@ def sgd_step(layer, x, target):
     ]
 
 
-def test_sparse_and_dense_give_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("dispatch", ["sparse", "dropless"])
+def test_dispatch_gives_the_outputs_and_gradients_of_dense(dispatch):
     # Unlimited capacity; with a capacity, both match the reference loop above.
     capacity_factor = None
     x = random_tokens((2, 8, 6), seed=5)
     target = random_tokens((2, 8, 6), seed=6)
     kwargs = {
-        "experts": 4,
+        "num_experts": 4,
         "hidden_units": 5,
         "top_k": 2,
         "capacity_factor": capacity_factor,
@@ -162,7 +172,7 @@ def test_sparse_and_dense_give_the_same_outputs_and_gradients():
         "shared_expert_units": 3,
         "z_loss_coefficient": 0.01,
     }
-    sparse = MixtureOfExperts(dispatch="sparse", **kwargs)
+    sparse = MixtureOfExperts(dispatch=dispatch, **kwargs)
     dense = MixtureOfExperts(dispatch="dense", **kwargs)
     sparse(x)
     dense(x)
@@ -181,7 +191,9 @@ def test_sparse_and_dense_give_the_same_outputs_and_gradients():
 
 def test_load_balancing_loss_is_added_in_training():
     x = random_tokens((2, 8, 6), seed=7)
-    layer = MixtureOfExperts(experts=4, hidden_units=5, load_balancing_coefficient=0.5)
+    layer = MixtureOfExperts(
+        num_experts=4, hidden_units=5, load_balancing_coefficient=0.5
+    )
     layer(x)
     assert layer.losses == []
     layer(x, training=True)
@@ -197,10 +209,10 @@ def test_load_balancing_loss_is_added_in_training():
 def test_shared_expert_is_sigmoid_gated():
     x = random_tokens((2, 8, 6), seed=8)
     layer = MixtureOfExperts(
-        experts=4, hidden_units=5, shared_expert_units=5, capacity_factor=None
+        num_experts=4, hidden_units=5, shared_expert_units=5, capacity_factor=None
     )
     output = to_numpy(layer(x))
-    routed = MixtureOfExperts(experts=4, hidden_units=5, capacity_factor=None)
+    routed = MixtureOfExperts(num_experts=4, hidden_units=5, capacity_factor=None)
     routed(x)
     routed.set_weights(
         [to_numpy(w) for w in layer.weights if "shared_expert" not in w.path]
@@ -219,7 +231,7 @@ def test_shared_expert_is_sigmoid_gated():
 
 
 def test_experts_are_initialized_like_separate_dense_layers():
-    layer = MixtureOfExperts(experts=8, hidden_units=64, use_bias=False)
+    layer = MixtureOfExperts(num_experts=8, hidden_units=64, use_bias=False)
     layer(np.zeros((1, 2, 64), "float32"))
     kernel = to_numpy(layer.expert_input.kernel)
     # Glorot uniform of a (64, 64) Dense: std sqrt(2 / 128) = 0.125 per expert,
@@ -231,24 +243,50 @@ def test_experts_are_initialized_like_separate_dense_layers():
 def test_fit_runs_under_the_default_compilation():
     # JAX and TensorFlow trace and compile the training step, torch runs eagerly.
     x = random_tokens((8, 8, 6), seed=9)
+    for dispatch, capacity_factor in [("sparse", 1.0), ("dropless", None)]:
+        inputs = keras.Input(shape=(8, 6))
+        layer = MixtureOfExperts(
+            num_experts=4,
+            hidden_units=5,
+            capacity_factor=capacity_factor,
+            dispatch=dispatch,
+        )
+        model = keras.Model(inputs, layer(inputs))
+        model.compile(optimizer="adam", loss="mse")
+        history = model.fit(x, x, batch_size=4, epochs=2, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        assert float(to_numpy(layer.routed_assignments)) == 2 * 2 * 4 * 8 * 2
+
+
+def test_dropless_trains_under_jit_compile_on_a_masked_batch():
+    x = random_tokens((4, 8, 6), seed=19)
+    x[:, 6:] = 0.0
     inputs = keras.Input(shape=(8, 6))
-    layer = MixtureOfExperts(experts=4, hidden_units=5, capacity_factor=1.0)
-    model = keras.Model(inputs, layer(inputs))
-    model.compile(optimizer="adam", loss="mse")
-    history = model.fit(x, x, batch_size=4, epochs=2, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
-    assert float(to_numpy(layer.routed_assignments)) == 2 * 2 * 4 * 8 * 2
+    masked = keras.layers.Masking(0.0)(inputs)
+    layer = MixtureOfExperts(num_experts=4, hidden_units=5, gated_linear_unit=True)
+    model = keras.Model(inputs, layer(masked))
+    model.compile(
+        optimizer="sgd", loss="mse", jit_compile=keras.backend.backend() != "torch"
+    )
+    model.fit(x, x, batch_size=4, epochs=1, verbose=0)
+    # Only the 6 unmasked tokens of each example are routed, 2 choices each.
+    assert float(to_numpy(layer.routed_assignments)) == 4 * 6 * 2
+    assert layer.dropped_fraction == 0.0
 
 
-def test_conformance():
+@pytest.mark.parametrize(
+    ("dispatch", "capacity_factor"), [("sparse", 2.0), ("dropless", None)]
+)
+def test_conformance(dispatch, capacity_factor):
     run_layer_test(
         MixtureOfExperts,
         random_tokens((4, 5, 6), seed=10),
         init_kwargs={
-            "experts": 4,
+            "num_experts": 4,
             "hidden_units": 8,
             "top_k": 2,
-            "capacity_factor": 2.0,
+            "capacity_factor": capacity_factor,
+            "dispatch": dispatch,
             "gated_linear_unit": True,
             "shared_expert_units": 4,
             "normalize_router_inputs": True,
@@ -265,7 +303,9 @@ def test_conformance():
 def test_saving_keeps_counts_and_outputs(tmp_path):
     x = random_tokens((2, 8, 6), seed=11)
     inputs = keras.Input(shape=(8, 6))
-    layer = MixtureOfExperts(experts=4, hidden_units=5, capacity_factor=0.5, name="m")
+    layer = MixtureOfExperts(
+        num_experts=4, hidden_units=5, capacity_factor=0.5, dispatch="sparse", name="m"
+    )
     model = keras.Model(inputs, layer(inputs))
     layer(x, training=True)
     reference = model.predict(x, verbose=0)
@@ -278,14 +318,15 @@ def test_saving_keeps_counts_and_outputs(tmp_path):
 
 
 INVALID_ARGUMENTS = [
-    ({"experts": 0}, ValueError, r"`experts`.*positive integer.*experts=0"),
+    ({"num_experts": 0}, ValueError, r"`num_experts`.*positive integer.*num_experts=0"),
     ({"hidden_units": 2.0}, TypeError, r"`hidden_units`"),
     ({"top_k": 0}, ValueError, r"`top_k`.*top_k=0"),
     ({"top_k": 5}, ValueError, r"`top_k`.*at most the number of experts \(4\)"),
     ({"capacity_factor": 0}, ValueError, r"`capacity_factor`.*positive"),
     ({"capacity_factor": -1.0}, ValueError, r"capacity_factor=-1.0"),
     ({"capacity_factor": "auto"}, TypeError, r"`capacity_factor`"),
-    ({"dispatch": "ragged"}, ValueError, r"`dispatch`.*sparse"),
+    ({"dispatch": "ragged"}, ValueError, r"`dispatch`.*dropless.*sparse"),
+    ({"capacity_factor": 1.25}, ValueError, r"`capacity_factor`.*dropless.*=1.25"),
     ({"shared_expert_units": 0}, ValueError, r"`shared_expert_units`"),
     ({"residual": "yes"}, TypeError, r"`residual`.*boolean"),
     ({"router_jitter": 2.0}, ValueError, r"`router_jitter`"),
@@ -296,22 +337,79 @@ INVALID_ARGUMENTS = [
 def test_invalid_arguments_are_named_in_the_error(case):
     kwargs, error, match = INVALID_ARGUMENTS[case]
     with pytest.raises(error, match=match):
-        MixtureOfExperts(**{"experts": 4, "hidden_units": 3, **kwargs})
+        MixtureOfExperts(**{"num_experts": 4, "hidden_units": 3, **kwargs})
 
 
 def test_invalid_inputs_are_named_in_the_error():
     with pytest.raises(ValueError, match=r"batch axis.*shape \(6,\)"):
-        MixtureOfExperts(experts=2, hidden_units=3)(np.zeros((6,), "float32"))
+        MixtureOfExperts(num_experts=2, hidden_units=3)(np.zeros((6,), "float32"))
     with pytest.raises(ValueError, match=r"known sizes.*\(None, None, 4\)"):
-        MixtureOfExperts(experts=2, hidden_units=3)(keras.Input(shape=(None, 4)))
+        MixtureOfExperts(num_experts=2, hidden_units=3)(keras.Input(shape=(None, 4)))
 
 
 def test_route_returns_each_tokens_experts_and_gates():
     x = random_tokens((2, 8, 6), seed=12)
-    layer = MixtureOfExperts(experts=4, hidden_units=5, top_k=2)
+    layer = MixtureOfExperts(num_experts=4, hidden_units=5, top_k=2)
     chosen, gates = (to_numpy(t) for t in layer.route(x))
     probabilities = np_softmax(x.astype("float64") @ to_numpy(layer.router.kernel))
     expected = np.argsort(-probabilities, axis=-1, kind="stable")[..., :2]
     np.testing.assert_array_equal(chosen, expected)
     top = np.take_along_axis(probabilities, expected, -1)
     np.testing.assert_allclose(gates, top / top.sum(-1, keepdims=True), atol=1e-6)
+
+
+def np_sparsemax(z):
+    z_sorted = -np.sort(-z, axis=-1)
+    cumulative = np.cumsum(z_sorted, axis=-1)
+    ranks = np.arange(1, z.shape[-1] + 1)
+    support = (1 + ranks * z_sorted > cumulative).sum(-1, keepdims=True)
+    tau = (np.take_along_axis(cumulative, support - 1, -1) - 1) / support
+    return np.maximum(z - tau, 0.0)
+
+
+def test_choices_with_a_zero_gate_are_neither_routed_nor_dropped():
+    x = random_tokens((1, 16, 6), seed=13)
+    layer = MixtureOfExperts(
+        num_experts=4,
+        hidden_units=5,
+        top_k=2,
+        simplex="sparsemax",
+        capacity_factor=0.5,
+        dispatch="sparse",
+    )
+    layer(x)
+    layer.router.kernel.assign(3.0 * to_numpy(layer.router.kernel))
+    layer(x, training=True)
+    probabilities = np_sparsemax(x[0].astype("float64") @ to_numpy(layer.router.kernel))
+    choices = np.argsort(-probabilities, axis=-1, kind="stable")[:, :2]
+    gates = np.take_along_axis(probabilities, choices, -1)
+    capacity = math.ceil(0.5 * 16 * 2 / 4)
+    load, routed, dropped = np.zeros(4, int), 0, 0
+    for choice in range(2):
+        for token in range(16):
+            if gates[token, choice] == 0:
+                continue
+            routed += 1
+            expert = choices[token, choice]
+            if load[expert] >= capacity:
+                dropped += 1
+            else:
+                load[expert] += 1
+    assert 0 < routed < 32, routed  # some second choices have a zero gate
+    assert float(to_numpy(layer.routed_assignments)) == routed
+    np.testing.assert_allclose(layer.dropped_fraction, dropped / routed, atol=1e-7)
+    dropless = MixtureOfExperts.from_config(
+        {**layer.get_config(), "dispatch": "dropless", "capacity_factor": None}
+    )
+    dropless(x)
+    dropless.set_weights(layer.get_weights())
+    dropless.reset_assignment_counts()
+    dropless(x, training=True)
+    assert float(to_numpy(dropless.routed_assignments)) == routed
+    assert dropless.dropped_fraction == 0.0
+
+
+def test_a_configuration_naming_experts_still_loads():
+    config = MixtureOfExperts(num_experts=3, hidden_units=4).get_config()
+    config["experts"] = config.pop("num_experts")
+    assert MixtureOfExperts.from_config(config).num_experts == 3

@@ -30,13 +30,14 @@ SCRIPT = textwrap.dedent(
     x = rng.normal(size=(16, 8, 6)).astype("float32")
     y = rng.normal(size=(16, 8, 6)).astype("float32")
 
-    def make_model():
+    def make_model(dispatch, capacity_factor):
         inputs = keras.Input(shape=(8, 6))
         moe = MixtureOfExperts(
-            experts=8,
+            num_experts=8,
             hidden_units=4,
             top_k=2,
-            capacity_factor=1.0,
+            capacity_factor=capacity_factor,
+            dispatch=dispatch,
             z_loss_coefficient=0.01,
             name="moe",
         )
@@ -49,34 +50,37 @@ SCRIPT = textwrap.dedent(
         model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
         return before, [np.asarray(w) for w in model.get_weights()]
 
-    keras.utils.set_random_seed(1)
-    reference_model = make_model()
-    initial = reference_model.get_weights()
-    reference_before, reference = train(reference_model, initial)
-    dropped = reference_model.get_layer("moe").dropped_fraction
-    assert dropped > 0, dropped
+    for dispatch, capacity_factor in [("sparse", 1.0), ("dropless", None)]:
+        keras.utils.set_random_seed(1)
+        reference_model = make_model(dispatch, capacity_factor)
+        initial = reference_model.get_weights()
+        reference_before, reference = train(reference_model, initial)
+        dropped = reference_model.get_layer("moe").dropped_fraction
+        assert (dropped > 0) == (dispatch == "sparse"), dropped
 
-    for shape in [(1, 2), (1, 4), (1, 8), (2, 4)]:
-        mesh = keras.distribution.DeviceMesh(
-            shape, ["batch", "model"], devices=jax.devices()[: shape[0] * shape[1]]
-        )
-        layout_map = branch_layout_map(reference_model, mesh)
-        assert len(layout_map) == 4, list(layout_map)  # 2 experts' kernels, biases
-        distribution = keras.distribution.ModelParallel(
-            layout_map=layout_map, batch_dim_name="batch"
-        )
-        with distribution.scope():
-            model = make_model()
-            layer = model.get_layer("moe")
-            for variable in (layer.expert_input.kernel, layer.expert_output.bias):
-                spec = tuple(variable.value.sharding.spec)
-                assert spec[0] == "model", (variable.path, spec)
-            before, weights = train(model, initial)
-            np.testing.assert_allclose(before, reference_before, atol=1e-5)
-            for got, want in zip(weights, reference, strict=True):
-                np.testing.assert_allclose(got, want, atol=1e-5)
-            assert abs(layer.dropped_fraction - dropped) < 1e-7
-        print("ok", shape)
+        for shape in [(1, 2), (1, 4), (1, 8), (2, 4)]:
+            mesh = keras.distribution.DeviceMesh(
+                shape,
+                ["batch", "model"],
+                devices=jax.devices()[: shape[0] * shape[1]],
+            )
+            layout_map = branch_layout_map(reference_model, mesh)
+            assert len(layout_map) == 4, list(layout_map)  # 2 kernels, 2 biases
+            distribution = keras.distribution.ModelParallel(
+                layout_map=layout_map, batch_dim_name="batch"
+            )
+            with distribution.scope():
+                model = make_model(dispatch, capacity_factor)
+                layer = model.get_layer("moe")
+                for variable in (layer.expert_input.kernel, layer.expert_output.bias):
+                    spec = tuple(variable.value.sharding.spec)
+                    assert spec[0] == "model", (variable.path, spec)
+                before, weights = train(model, initial)
+                np.testing.assert_allclose(before, reference_before, atol=1e-5)
+                for got, want in zip(weights, reference, strict=True):
+                    np.testing.assert_allclose(got, want, atol=1e-5)
+                assert abs(layer.dropped_fraction - dropped) < 1e-7
+            print("ok", dispatch, shape)
     """
 )
 
@@ -96,4 +100,4 @@ def test_sharded_experts_train_like_one_device():
         [sys.executable, "-c", SCRIPT], capture_output=True, text=True, env=env
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    assert result.stdout.count("ok") == 4
+    assert result.stdout.count("ok") == 8

@@ -16,7 +16,7 @@ def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
 
 
-@pytest.mark.parametrize("dispatch", ["dense", "sparse"])
+@pytest.mark.parametrize("dispatch", ["dense", "sparse", "dropless"])
 def test_mixtral_block_on_copied_weights(dispatch):
     hidden, intermediate, experts = 8, 12, 4
     x = np.random.default_rng(0).normal(size=(2, 5, hidden)).astype("float32")
@@ -29,7 +29,7 @@ def test_mixtral_block_on_copied_weights(dispatch):
     )
     block.build(x.shape)
     ours = MixtureOfExperts(
-        experts=experts,
+        num_experts=experts,
         hidden_units=intermediate,
         top_k=2,
         capacity_factor=None,

@@ -1,7 +1,9 @@
-"""Routing scenarios: sparse against dense dispatch, gated against one mixture."""
+"""Routing scenarios: dispatches, keras-hub's MoE blocks, gated mixtures."""
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -98,7 +100,7 @@ def mixture_of_experts(context: Context) -> Comparison:
         for dispatch in ("sparse", "dense"):
             tokens = keras.Input(shape=shape[1:])
             moe = MixtureOfExperts(
-                experts=experts,
+                num_experts=experts,
                 hidden_units=sizes.hidden,
                 top_k=sizes.top_k,
                 capacity_factor=sizes.capacity_factor,
@@ -205,4 +207,238 @@ def gated_seed(context: Context) -> Comparison:
     return Comparison(details, rows)
 
 
-SCENARIOS = (mixture_of_experts, gated_seed)
+@dataclass(frozen=True)
+class ExpertSizes:
+    """The problem sizes of the keras-hub comparisons."""
+
+    # (num_experts, top_k) pairs and the training-step target of each.
+    pairs: tuple[tuple[int, int, float], ...]
+    batch: int
+    tokens: int
+    width: int
+    hidden: int
+    backbone_layers: int
+    backbone_heads: int
+
+
+EXPERTS_FULL = ExpertSizes(
+    pairs=((8, 2, 1.0), (32, 2, 0.25), (128, 8, 0.35)),
+    batch=8,
+    tokens=256,
+    width=256,
+    hidden=256,
+    backbone_layers=2,
+    backbone_heads=4,
+)
+
+EXPERTS_QUICK = ExpertSizes(
+    pairs=((4, 2, 1.0),),
+    batch=2,
+    tokens=8,
+    width=8,
+    hidden=8,
+    backbone_layers=1,
+    backbone_heads=2,
+)
+
+# The sparsified backbone's forward against the original's, at 32 experts.
+BACKBONE_TARGET = 0.6
+BACKBONE_EXPERTS = (32, 2)
+
+
+def _short(context: Context) -> Context:
+    """The context with at most 7 rounds: keras-hub's 128-expert step is slow."""
+    budget = dataclasses.replace(
+        context.budget,
+        rounds=min(context.budget.rounds, 7),
+        warmup=min(context.budget.warmup, 2),
+    )
+    return dataclasses.replace(context, budget=budget)
+
+
+def _qwen3_block_model(sizes: ExpertSizes, experts: int, top_k: int) -> Any:
+    from keras_hub.src.models.qwen3_moe.qwen3_moe_decoder import Qwen3SparseMoeBlock
+
+    tokens = keras.Input((sizes.tokens, sizes.width), batch_size=sizes.batch)
+    block = Qwen3SparseMoeBlock(
+        hidden_dim=sizes.width,
+        moe_intermediate_dim=sizes.hidden,
+        num_experts=experts,
+        top_k=top_k,
+        norm_top_k_prob=True,
+    )
+    outputs, _ = block(tokens)
+    return keras.Model(tokens, outputs, name=f"keras_hub_{experts}"), block
+
+
+def _ours_on_the_same_weights(
+    sizes: ExpertSizes, experts: int, top_k: int, dispatch: str, block: Any
+) -> Any:
+    tokens = keras.Input((sizes.tokens, sizes.width), batch_size=sizes.batch)
+    moe = MixtureOfExperts(
+        num_experts=experts,
+        hidden_units=sizes.hidden,
+        top_k=top_k,
+        dispatch=dispatch,
+        activation="silu",
+        gated_linear_unit=True,
+        use_bias=False,
+    )
+    model = keras.Model(tokens, moe(tokens), name=f"{dispatch}_{experts}")
+    # Copies, not the arrays themselves: JAX's training step donates (frees)
+    # the arrays of the model it updates.
+    bank = block.expert_bank
+    gate_up = keras.ops.convert_to_numpy(bank._expert_feedforward_gate_dense)
+    router = keras.ops.convert_to_numpy(block._sparse_feedforward_gate_dense.kernel)
+    output = keras.ops.convert_to_numpy(bank._expert_feedforward_output_dense)
+    moe.router.kernel.assign(router)
+    moe.expert_gate.kernel.assign(gate_up[..., : sizes.hidden])
+    moe.expert_input.kernel.assign(gate_up[..., sizes.hidden :])
+    moe.expert_output.kernel.assign(output)
+    return model
+
+
+def keras_hub_blocks(context: Context) -> Comparison:
+    """Dropless MixtureOfExperts against keras-hub's Qwen3-MoE block."""
+    sizes = EXPERTS_QUICK if context.quick else EXPERTS_FULL
+    rng = np.random.default_rng(4)
+    shape = (sizes.batch, sizes.tokens, sizes.width)
+    x, y = tensors([random(shape, rng), random(shape, rng)])
+    rows: list[dict[str, Any]] = []
+    timings: dict[str, Any] = {}
+    for experts, top_k, target in sizes.pairs:
+        hub, block = _qwen3_block_model(sizes, experts, top_k)
+        models = {"keras_hub": hub}
+        for dispatch in ("dropless", "dense"):
+            models[dispatch] = _ours_on_the_same_weights(
+                sizes, experts, top_k, dispatch, block
+            )
+        candidates = []
+        for key, model in models.items():
+            model.compile(optimizer="adam", loss="mse")
+            label = f"{key} E={experts} k={top_k}"
+            candidates.append(
+                Candidate(
+                    f"train_{key}", f"{label} train", model, train_step(model, x, y)
+                )
+            )
+            candidates.append(
+                Candidate(
+                    f"forward_{key}",
+                    f"{label} forward",
+                    model,
+                    (lambda m: lambda: m.predict_on_batch(x))(model),
+                )
+            )
+        timing = _short(context).time(candidates)
+        timings[f"{experts}_{top_k}"] = timing
+        name = f"MoE block E={experts} k={top_k}"
+        for dispatch in ("dropless", "dense"):
+            rows.append(
+                make_row(
+                    f"{name} training step, {dispatch}",
+                    timing,
+                    f"train_{dispatch}",
+                    "train_keras_hub",
+                    baseline_kind="every-expert",
+                    target=target if dispatch == "dropless" else None,
+                )
+            )
+        rows.append(
+            make_row(
+                f"{name} forward, dropless",
+                timing,
+                "forward_dropless",
+                "forward_keras_hub",
+                baseline_kind="every-expert",
+                target=None,
+            )
+        )
+        keras.backend.clear_session()
+    details = {
+        "name": "keras-hub MoE block",
+        "description": (
+            "MixtureOfExperts (dispatch dropless or dense, SiLU gated linear "
+            "units, no biases) against keras-hub's Qwen3SparseMoeBlock on the "
+            "same weights: training step (adam, mse) and forward "
+            "(predict_on_batch), "
+            f"{sizes.batch} x {sizes.tokens} tokens of width {sizes.width}, "
+            f"experts of {sizes.hidden} hidden units"
+        ),
+        "timings": timings,
+    }
+    return Comparison(details, rows)
+
+
+def sparsified_backbone(context: Context) -> Comparison:
+    """A small Qwen3-MoE backbone's forward, sparsified against original."""
+    import keras_hub
+
+    from keras_tether.moe import sparsify
+
+    sizes = EXPERTS_QUICK if context.quick else EXPERTS_FULL
+    experts, top_k = (4, 2) if context.quick else BACKBONE_EXPERTS
+
+    def backbone() -> Any:
+        return keras_hub.models.Qwen3MoeBackbone(
+            vocabulary_size=1000,
+            num_layers=sizes.backbone_layers,
+            num_query_heads=sizes.backbone_heads,
+            num_key_value_heads=sizes.backbone_heads,
+            hidden_dim=sizes.width,
+            intermediate_dim=2 * sizes.hidden,
+            moe_intermediate_dim=sizes.hidden,
+            num_experts=experts,
+            top_k=top_k,
+            head_dim=sizes.width // sizes.backbone_heads,
+        )
+
+    original = backbone()
+    converted = backbone()
+    converted.set_weights(original.get_weights())
+    sparsify(converted)
+    rng = np.random.default_rng(5)
+    inputs = {
+        "token_ids": rng.integers(1, 1000, (sizes.batch, sizes.tokens)).astype("int32"),
+        "padding_mask": np.ones((sizes.batch, sizes.tokens), "int32"),
+    }
+    candidates = [
+        Candidate(
+            key, label, model, (lambda m: lambda: m.predict_on_batch(inputs))(model)
+        )
+        for key, label, model in (
+            ("original", "Qwen3MoeBackbone forward", original),
+            ("sparsified", "Qwen3MoeBackbone forward, sparsified", converted),
+        )
+    ]
+    timing = _short(context).time(candidates)
+    rows = [
+        make_row(
+            f"Qwen3-MoE backbone E={experts} k={top_k} forward, sparsified",
+            timing,
+            "sparsified",
+            "original",
+            baseline_kind="every-expert",
+            target=BACKBONE_TARGET,
+        )
+    ]
+    details = {
+        "name": "sparsified keras-hub backbone",
+        "description": (
+            f"Qwen3MoeBackbone ({sizes.backbone_layers} layers, width "
+            f"{sizes.width}, {experts} experts, top-{top_k}) forward "
+            f"(predict_on_batch) on {sizes.batch} x {sizes.tokens} tokens, "
+            "after keras_tether.moe.sparsify against the original"
+        ),
+        **timing,
+    }
+    return Comparison(details, rows)
+
+
+def _keras_hub_available() -> bool:
+    return importlib.util.find_spec("keras_hub") is not None
+
+
+SCENARIOS = (mixture_of_experts, gated_seed) + (
+    (keras_hub_blocks, sparsified_backbone) if _keras_hub_available() else ()
+)

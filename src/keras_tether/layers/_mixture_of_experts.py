@@ -1,4 +1,4 @@
-"""`MixtureOfExperts`: a feed-forward mixture of experts with sparse dispatch."""
+"""`MixtureOfExperts`: a feed-forward mixture of experts, dropless or capped."""
 
 from __future__ import annotations
 
@@ -23,8 +23,10 @@ from keras_tether.layers._router import (
     check_top_k_fits,
     make_router,
 )
+from keras_tether.ops._dropless import combine, sort_assignments
+from keras_tether.ops._grouped_matmul import tiled_product
 
-DISPATCHES = ("sparse", "dense")
+DISPATCHES = ("dropless", "sparse", "dense")
 
 
 @keras.saving.register_keras_serializable(package="keras_tether")
@@ -32,11 +34,11 @@ class MixtureOfExperts(keras.layers.Layer):
     """Feed-forward mixture of experts: each token computed by its top-k experts.
 
     Every token `x` (the last axis of the input) is routed by a learned
-    router to `top_k` of `experts` feed-forward networks
+    router to `top_k` of `num_experts` feed-forward networks
     `f_e(x) = W2_e act(W1_e x + b1_e) + b2_e` (with `gated_linear_unit=True`,
     `W2_e (act(Wg_e x) * (W1_e x))`, as in Mixtral's SwiGLU experts), and the
     layer returns the gated sum `y = sum_{e in top-k} g_e(x) f_e(x)`. The
-    router is the one of `GatedAverage`: a float32 `Dense` to `experts`
+    router is the one of `GatedAverage`: a float32 `Dense` to `num_experts`
     logits, a simplex map (softmax by default), the top-k in either order,
     training-time jitter or noise, and the Switch load-balancing loss and
     router z-loss added to the layer's losses in training (padding
@@ -46,18 +48,32 @@ class MixtureOfExperts(keras.layers.Layer):
     keeps the raw probabilities (Switch Transformer, Qwen-MoE).
 
     The experts are `ParallelDense` layers: their kernels are stacked,
-    `(experts, input_dim, hidden_units)` and `(experts, hidden_units,
+    `(num_experts, input_dim, hidden_units)` and `(num_experts, hidden_units,
     input_dim)`, and each expert is initialized as a separate `Dense` would
     be. The expert axis comes first in every expert weight, and
     `keras_tether.distribution.branch_layout_map` shards it over a device
     mesh (expert parallelism).
 
-    **Sparse dispatch** (the default) computes each token only with its
-    selected experts, GShard-style, with static shapes (so the step
+    **Dropless dispatch** (the default) computes each token with each of
+    its selected experts, and never drops one: the token-expert assignments
+    are sorted by expert and multiplied by their expert's kernels with
+    `keras_tether.ops.grouped_matmul`'s tiled product (each expert's rows
+    padded to a tile, one batched product over the tiles, static shapes),
+    then gathered back and summed with their gates. The expert FLOPs grow
+    with `tokens * top_k` (plus at most one tile of padding per expert),
+    not with `tokens * num_experts`. This is the default because it is the
+    function keras-hub's MoE models, Mixtral and Qwen compute (no token is
+    ever dropped, whatever the batch), at a cost close to the work actually
+    needed; a capacity limit trades quality for speed and is an explicit
+    choice. Choices whose gate is exactly zero (possible with
+    `simplex="sparsemax"` or `"entmax15"`) are not computed.
+
+    **Sparse dispatch** (`dispatch="sparse"`) computes each token only with
+    its selected experts, GShard-style, with static shapes (so the step
     compiles with XLA on JAX and TensorFlow): the tokens of each example
     form a group (for a 2-D input, the batch is one group), each expert
     takes at most
-    `capacity = ceil(capacity_factor * tokens * top_k / experts)` tokens of
+    `capacity = ceil(capacity_factor * tokens * top_k / num_experts)` tokens of
     a group, positions in an expert are given by cumulative sums (all first
     choices before any second choice, in token order), and one-hot dispatch
     and combine tensors gather tokens into `(experts, capacity)` slots and
@@ -65,18 +81,21 @@ class MixtureOfExperts(keras.layers.Layer):
     dropped: the token gets nothing from that expert (a token dropped by
     all its experts gets zero, so the residual connection around the layer,
     or `residual=True`, passes it through unchanged). The expert FLOPs are
-    about `capacity_factor * top_k / experts` of computing every expert.
-    `capacity_factor=None` sets the capacity to the group size: nothing is
-    ever dropped. (A 2-D input whose batch size is unknown while tracing
-    has no static capacity; the layer then computes densely, the same
-    function.)
+    about `capacity_factor * top_k / num_experts` of computing every
+    expert. `capacity_factor=None` sets the capacity to the group size:
+    nothing is ever dropped. (A 2-D input whose batch size is unknown while
+    tracing has no static shape; the sparse and dropless dispatches then
+    compute densely, the same function.)
 
     **Dense dispatch** (`dispatch="dense"`) computes every expert on every
     token and multiplies by the (mostly zero) gates, as the MoE blocks of
-    keras-hub do. Both dispatches compute the same function, capacity
-    included; only their cost differs.
+    keras-hub do. It costs `num_experts / top_k` times the expert FLOPs of
+    the dropless dispatch. Every dispatch computes the same function (the
+    capacity included, for the sparse and dense ones); only their cost
+    differs.
 
-    The assignments routed and dropped in training calls are counted in the
+    The assignments routed (choices with a non-zero gate) and dropped in
+    training calls are counted in the
     non-trainable variables `routed_assignments` and `dropped_assignments`
     (variables rather than a `keras.metrics.Metric` because they are
     updated inside the layer, where only variables are carried through
@@ -84,15 +103,16 @@ class MixtureOfExperts(keras.layers.Layer):
     `reset_assignment_counts()` zeroes them.
 
     Args:
-        experts: Positive integer, the number of experts.
+        num_experts: Positive integer, the number of experts.
         hidden_units: Positive integer, the hidden width of each expert.
-        top_k: Positive integer, at most `experts`: how many experts each
-            token uses. Defaults to `2`.
+        top_k: Positive integer, at most `num_experts`: how many experts
+            each token uses. Defaults to `2`.
         capacity_factor: Positive float or `None`, the slack of each
-            expert's capacity over a perfectly balanced share. Defaults to
-            `1.25`.
-        dispatch: `"sparse"` or `"dense"`, see above. Defaults to
-            `"sparse"`.
+            expert's capacity over a perfectly balanced share, with
+            `dispatch="sparse"` or `"dense"`; must be `None` (no capacity)
+            with `dispatch="dropless"`. Defaults to `None`.
+        dispatch: `"dropless"`, `"sparse"` or `"dense"`, see above.
+            Defaults to `"dropless"`.
         activation: Activation of the experts' hidden layer. Defaults to
             `"gelu"`.
         gated_linear_unit: Boolean, whether the experts are gated linear
@@ -147,7 +167,7 @@ class MixtureOfExperts(keras.layers.Layer):
     >>> import keras_tether
     >>> tokens = keras.Input(shape=(6, 8))
     >>> moe = keras_tether.layers.MixtureOfExperts(
-    ...     experts=4, hidden_units=16, top_k=2, capacity_factor=None
+    ...     num_experts=4, hidden_units=16, top_k=2
     ... )
     >>> model = keras.Model(tokens, moe(tokens))
     >>> x = np.random.default_rng(0).normal(size=(2, 6, 8))
@@ -176,11 +196,11 @@ class MixtureOfExperts(keras.layers.Layer):
 
     def __init__(
         self,
-        experts: int,
+        num_experts: int,
         hidden_units: int,
         top_k: int = 2,
-        capacity_factor: float | None = 1.25,
-        dispatch: str = "sparse",
+        capacity_factor: float | None = None,
+        dispatch: str = "dropless",
         activation: str | Callable | None = "gelu",
         gated_linear_unit: bool = False,
         use_bias: bool = True,
@@ -201,10 +221,10 @@ class MixtureOfExperts(keras.layers.Layer):
         seed: int | None = None,
         **kwargs: Any,
     ):
-        experts = check_positive_int(experts, "experts")
+        num_experts = check_positive_int(num_experts, "num_experts")
         hidden_units = check_positive_int(hidden_units, "hidden_units")
         top_k = check_positive_int(top_k, "top_k")
-        check_top_k_fits(top_k, experts, "experts")
+        check_top_k_fits(top_k, num_experts, "experts")
         if capacity_factor is not None:
             capacity_factor = check_positive_number(capacity_factor, "capacity_factor")
         if not isinstance(dispatch, str) or dispatch not in DISPATCHES:
@@ -212,6 +232,13 @@ class MixtureOfExperts(keras.layers.Layer):
             raise error(
                 "Received an invalid value for `dispatch`, expected one of "
                 f"{list(DISPATCHES)}. Received: dispatch={dispatch!r}"
+            )
+        if dispatch == "dropless" and capacity_factor is not None:
+            raise ValueError(
+                "Received an invalid value for `capacity_factor`: the dropless "
+                "dispatch has no capacity. Pass `capacity_factor=None`, or "
+                '`dispatch="sparse"` to limit each expert\'s tokens. Received: '
+                f"capacity_factor={capacity_factor}, dispatch={dispatch!r}"
             )
         if shared_expert_units is not None:
             shared_expert_units = check_positive_int(
@@ -233,7 +260,7 @@ class MixtureOfExperts(keras.layers.Layer):
         use_bias = check_bool(use_bias, "use_bias")
         residual = check_bool(residual, "residual")
         super().__init__(**kwargs)
-        self.experts = experts
+        self.num_experts = num_experts
         self.hidden_units = hidden_units
         self.top_k = top_k
         self.capacity_factor = capacity_factor
@@ -258,10 +285,10 @@ class MixtureOfExperts(keras.layers.Layer):
         self.seed = seed
         self.supports_masking = True
         self.router = make_router(
-            experts, router_arguments, self.router_initializer, seed
+            num_experts, router_arguments, self.router_initializer, seed
         )
         expert_arguments = {
-            "branches": experts,
+            "branches": num_experts,
             "use_bias": use_bias,
             "kernel_initializer": self.kernel_initializer,
             "bias_initializer": self.bias_initializer,
@@ -296,14 +323,14 @@ class MixtureOfExperts(keras.layers.Layer):
             )
         features = input_shape[-1]
         self.router.build(input_shape)
-        slots = (None, self.experts, None, features)
+        slots = (None, self.num_experts, None, features)
         self.expert_input.build(slots)
         if self.expert_gate is not None:
             self.expert_gate.build(slots)
         self.expert_output = ParallelDense(
             features, name="expert_output", **self._expert_arguments
         )
-        self.expert_output.build((None, self.experts, None, self.hidden_units))
+        self.expert_output.build((None, self.num_experts, None, self.hidden_units))
         if self.shared_expert_units is not None:
             self.shared_expert = _SharedExpert(
                 self.shared_expert_units,
@@ -338,7 +365,8 @@ class MixtureOfExperts(keras.layers.Layer):
     def dropped_fraction(self) -> float:
         """The share of the routed assignments dropped for lack of capacity.
 
-        Counted over the training calls since the layer was built or
+        A routed assignment is a token's choice of an expert with a non-zero
+        gate. Counted over the training calls since the layer was built or
         `reset_assignment_counts()` was last called; `0.0` before any.
         """
         routed = float(ops.convert_to_numpy(self.routed_assignments))
@@ -352,9 +380,9 @@ class MixtureOfExperts(keras.layers.Layer):
             inputs: A tensor `(batch, ..., features)`, as the layer takes.
 
         Returns:
-            `(experts, gates)`, two tensors of shape `(batch, ..., top_k)`:
-            the int32 indices of each token's experts and their float32
-            gates, before any capacity limit.
+            `(expert_indices, gates)`, two tensors of shape
+            `(batch, ..., top_k)`: the int32 indices of each token's experts
+            and their float32 gates, before any capacity limit.
         """
         if not self.built:
             self.build(tuple(inputs.shape))
@@ -383,17 +411,29 @@ class MixtureOfExperts(keras.layers.Layer):
             tokens = ops.reshape(inputs, (-1, group_size, features))
             group_mask = None if mask is None else ops.reshape(mask, (-1, group_size))
         routing = self.router(tokens, training=bool(training), padding_mask=group_mask)
-        capacity = self._capacity(tokens)
-        kept, positions, gates, selected = _assign(
-            routing.top_indices, routing.top_gates, self.experts, capacity, group_mask
-        )
-        if training:
-            self.routed_assignments.assign_add(selected)
-            self.dropped_assignments.assign_add(selected - ops.sum(kept))
-        if self.dispatch == "sparse" and isinstance(capacity, int):
-            outputs = self._sparse(tokens, kept, positions, gates, capacity)
+        static = tokens.shape[0] is not None and tokens.shape[1] is not None
+        if self.dispatch == "dropless" and static:
+            outputs, selected = self._dropless(
+                tokens, routing.top_indices, routing.top_gates, group_mask
+            )
+            if training:
+                self.routed_assignments.assign_add(selected)
         else:
-            outputs = self._dense(tokens, gates)
+            capacity = self._capacity(tokens)
+            kept, positions, gates, selected = _assign(
+                routing.top_indices,
+                routing.top_gates,
+                self.num_experts,
+                capacity,
+                group_mask,
+            )
+            if training:
+                self.routed_assignments.assign_add(selected)
+                self.dropped_assignments.assign_add(selected - ops.sum(kept))
+            if self.dispatch == "sparse" and isinstance(capacity, int):
+                outputs = self._sparse(tokens, kept, positions, gates, capacity)
+            else:
+                outputs = self._dense(tokens, gates)
         outputs = ops.reshape(outputs, ops.shape(inputs))
         if self.shared_expert is not None:
             outputs = outputs + self.shared_expert(inputs)
@@ -411,7 +451,7 @@ class MixtureOfExperts(keras.layers.Layer):
         config = super().get_config()
         config.update(
             {
-                "experts": self.experts,
+                "num_experts": self.num_experts,
                 "hidden_units": self.hidden_units,
                 "top_k": self.top_k,
                 "capacity_factor": self.capacity_factor,
@@ -442,6 +482,14 @@ class MixtureOfExperts(keras.layers.Layer):
         )
         return config
 
+    @classmethod
+    def from_config(cls, config: dict) -> MixtureOfExperts:
+        config = dict(config)
+        if "experts" in config and "num_experts" not in config:
+            # Configurations saved by keras-tether 0.1 name it `experts`.
+            config["num_experts"] = config.pop("experts")
+        return super().from_config(config)
+
     def _capacity(self, tokens: Tensor) -> Any:
         group_size = tokens.shape[1]
         if group_size is None:
@@ -452,12 +500,12 @@ class MixtureOfExperts(keras.layers.Layer):
                 return group_size
             share = ops.ceil(
                 ops.cast(group_size, "float32")
-                * (self.capacity_factor * self.top_k / self.experts)
+                * (self.capacity_factor * self.top_k / self.num_experts)
             )
             return ops.minimum(group_size, ops.maximum(1, ops.cast(share, "int32")))
         if self.capacity_factor is None:
             return group_size
-        share = self.capacity_factor * group_size * self.top_k / self.experts
+        share = self.capacity_factor * group_size * self.top_k / self.num_experts
         return min(group_size, max(1, math.ceil(share)))
 
     def _experts(self, slots: Tensor) -> Tensor:
@@ -496,6 +544,46 @@ class MixtureOfExperts(keras.layers.Layer):
         combine = ops.cast(combine, results.dtype)
         return ops.einsum("btec,becd->btd", combine, results)
 
+    def _dropless(
+        self,
+        tokens: Tensor,
+        top_indices: Tensor,
+        top_gates: Tensor,
+        mask: Tensor | None,
+    ) -> tuple[Tensor, Tensor]:
+        """Every chosen expert of every token, as grouped products.
+
+        Returns the outputs `(groups, tokens, features)` and the float32
+        number of assignments computed.
+        """
+        features = tokens.shape[-1]
+        flat_tokens = ops.reshape(tokens, (-1, features))
+        top_indices = ops.reshape(top_indices, (-1, self.top_k))
+        top_gates = ops.reshape(top_gates, (-1, self.top_k))
+        # A choice is computed when its gate is non-zero and its token is not
+        # padding.
+        routed = ops.not_equal(top_gates, 0.0)
+        if mask is not None:
+            kept = ops.reshape(ops.cast(mask, "bool"), (-1, 1))
+            routed = ops.logical_and(routed, kept)
+        assignments = sort_assignments(top_indices, routed, self.num_experts)
+        layout = assignments.layout
+        padded = ops.take(flat_tokens, assignments.slot_tokens, axis=0)
+        hidden = self._grouped(self.expert_input, padded, layout)
+        if self.expert_gate is not None:
+            gate = self._grouped(self.expert_gate, padded, layout)
+            hidden = hidden * self.activation(gate)
+        else:
+            hidden = self.activation(hidden)
+        results = self._grouped(self.expert_output, hidden, layout)
+        gates = ops.where(routed, top_gates, 0.0)
+        outputs = combine(results, assignments, gates)
+        outputs = ops.reshape(outputs, ops.shape(tokens))
+        return outputs, ops.sum(ops.cast(routed, "float32"))
+
+    def _grouped(self, layer: Any, padded: Tensor, layout: Any) -> Tensor:
+        return tiled_product(padded, layer.kernel, layout, bias=layer.bias)
+
     def _dense(self, tokens: Tensor, gates: Tensor) -> Tensor:
         hidden = _every_expert(self.expert_input, tokens)
         results = self._expert_outputs(hidden, None, tokens)
@@ -517,7 +605,7 @@ def _every_expert(layer: Any, tokens: Tensor) -> Tensor:
 def _assign(
     top_indices: Tensor,
     top_gates: Tensor,
-    experts: int,
+    num_experts: int,
     capacity: Any,
     mask: Tensor | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -526,15 +614,17 @@ def _assign(
     Returns float32 `kept` `(groups, tokens, experts)` (1 where the token is
     computed by the expert), int32 `positions` (its slot there), float32
     `gates` (its gate there, 0 where not kept) and the float32 number of
-    assignments asked for (before the capacity limit).
+    assignments asked for (before the capacity limit). A choice whose gate
+    is exactly zero asks for nothing: it takes no slot and is not counted.
     """
-    selected = ops.one_hot(top_indices, experts, dtype="int32")  # (g, t, k, e)
+    selected = ops.one_hot(top_indices, num_experts, dtype="int32")  # (g, t, k, e)
+    selected = selected * ops.cast(ops.not_equal(top_gates, 0.0), "int32")[..., None]
     if mask is not None:
         selected = selected * ops.cast(mask, "int32")[:, :, None, None]
     # First choices take slots before second choices (GShard): count the
     # assignments in (choice, token) order.
     by_choice = ops.transpose(selected, (0, 2, 1, 3))
-    flat = ops.reshape(by_choice, (ops.shape(by_choice)[0], -1, experts))
+    flat = ops.reshape(by_choice, (ops.shape(by_choice)[0], -1, num_experts))
     positions = ops.reshape(ops.cumsum(flat, axis=1) - flat, ops.shape(by_choice))
     positions = ops.transpose(positions, (0, 2, 1, 3))  # (g, t, k, e)
     kept_choice = selected * ops.cast(positions < capacity, "int32")
