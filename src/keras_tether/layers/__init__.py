@@ -3,6 +3,7 @@
 from keras_tether.layers._conv_transpose import ConvTranspose
 from keras_tether.layers._dense_transpose import DenseTranspose
 from keras_tether.layers._embedding_transpose import EmbeddingTranspose
+from keras_tether.layers._ensemble import Ensemble
 from keras_tether.layers._gated_average import GatedAverage
 from keras_tether.layers._mixture_of_experts import MixtureOfExperts
 from keras_tether.layers._mixture_regularizers import EntropyRegularizer
@@ -16,6 +17,7 @@ __all__ = [
     "ConvTranspose",
     "DenseTranspose",
     "EmbeddingTranspose",
+    "Ensemble",
     "EntropyRegularizer",
     "GatedAverage",
     "MixtureOfExperts",
