@@ -32,14 +32,14 @@ test: $(STAMP)
 	exit $$status
 
 demo: $(STAMP)
-	$(BIN)/keras-tether demo --out demo-output
+	$(BIN)/python -m demo --out demo-output
 
 bench: $(STAMP)
-	$(BIN)/keras-tether bench --out bench-output/bench.json
+	$(BIN)/python -m benchmarks --out bench-output/bench.json
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests examples
-	$(BIN)/ruff format --check src tests examples
+	$(BIN)/ruff check src tests examples benchmarks demo
+	$(BIN)/ruff format --check src tests examples benchmarks demo
 
 # The sdist and the wheel, checked as PyPI checks an upload.
 dist: $(STAMP)
@@ -55,8 +55,8 @@ one-backend: dist
 # backend, to keep the build short.
 DOCS_BACKEND ?= jax
 docs-assets: $(STAMP)
-	KERAS_BACKEND=$(DOCS_BACKEND) $(BIN)/keras-tether demo --out docs/generated/demo
-	$(BIN)/keras-tether bench --backends $(DOCS_BACKEND) --quick \
+	KERAS_BACKEND=$(DOCS_BACKEND) $(BIN)/python -m demo --out docs/generated/demo
+	$(BIN)/python -m benchmarks --backends $(DOCS_BACKEND) --quick \
 		--out docs/generated/bench/bench.json
 
 # The documentation site, in site/, with warnings as errors.
@@ -76,8 +76,8 @@ docs-check: chromium
 	$(BIN)/python .ci/browse_docs.py site
 
 format: $(STAMP)
-	$(BIN)/ruff check --fix src tests examples
-	$(BIN)/ruff format src tests examples
+	$(BIN)/ruff check --fix src tests examples benchmarks demo
+	$(BIN)/ruff format src tests examples benchmarks demo
 
 clean:
 	rm -rf $(VENV) build dist site docs/generated demo-output bench-output .pytest_cache .ruff_cache

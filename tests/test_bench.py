@@ -1,4 +1,4 @@
-"""Tests of `keras-tether bench`: its method, its report and its JSON.
+"""Tests of the benchmarks (`make bench`): their method, report and JSON.
 
 Speed is not tested here; `make bench` measures it. These tests run the
 benchmark in `--quick` mode on the backend under test and check that it
@@ -16,10 +16,9 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tether import _cli
-from keras_tether._cli import _args
-from keras_tether._cli.bench import report, runner, schema, timing
-from keras_tether._cli.bench.scenarios import ties as tie_scenarios
+from benchmarks import __main__ as bench_command
+from benchmarks import _args, report, runner, schema, timing
+from benchmarks.scenarios import ties as tie_scenarios
 
 BACKEND = keras.backend.backend()
 ROUNDS = 2
@@ -254,7 +253,7 @@ def test_quick_run_records_the_peak_memory_of_each_first_fit(quick_run):
 def test_a_first_fit_reports_its_own_peak_not_its_parents():
     # Linux carries ru_maxrss across exec: a child of a process that once
     # held more memory than the child ever will would report no rise.
-    from keras_tether._cli.bench.scenarios import _first_fit
+    from benchmarks.scenarios import _first_fit
 
     held = np.ones(2**29 // 8)  # 512 MiB, touched, so resident
     result = _first_fit.measure(BACKEND, 16, "weighted", quick=False)
@@ -266,7 +265,7 @@ def test_a_first_fit_reports_its_own_peak_not_its_parents():
 
 
 def test_a_failed_first_fit_process_raises_with_its_message():
-    from keras_tether._cli.bench.scenarios import _first_fit
+    from benchmarks.scenarios import _first_fit
 
     with pytest.raises(RuntimeError, match="'median'.*Received: mixer='median'"):
         _first_fit.measure(BACKEND, 2, "median", quick=True)
@@ -410,18 +409,18 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
         out = command[command.index("--out") + 1]
         with open(out, "w") as file:
             json.dump(result, file)
-        progress = f"keras-tether bench: {BACKEND}: 1/4 mixing: stress\n"
+        progress = f"make bench: {BACKEND}: 1/4 mixing: stress\n"
         return _Process(0, stderr="TensorFlow noise\n" + progress)
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
     out = tmp_path / "new" / "folder" / "bench.json"
-    argv = ["bench", "--backends", BACKEND, "--quick", "--rounds", "2"]
-    assert _cli.main([*argv, "--out", str(out)]) == 0
+    argv = ["--backends", BACKEND, "--quick", "--rounds", "2"]
+    assert bench_command.main([*argv, "--out", str(out)]) == 0
 
     (command, env_backend), *others = calls
     assert others == []
     assert env_backend == BACKEND
-    assert command[:3] == [sys.executable, "-m", "keras_tether._cli.bench"]
+    assert command[:3] == [sys.executable, "-m", "benchmarks.backend"]
     assert command[command.index("--backend") + 1] == BACKEND
     assert "--quick" in command
     assert command[command.index("--rounds") + 1] == "2"
@@ -435,7 +434,7 @@ def test_cli_bench_runs_each_backend_in_a_subprocess(
     assert "ours (ms/step)" in printed.out
     assert "tied autoencoder kernels" in printed.out
     # The measuring process's progress is passed on, its other lines are not.
-    assert f"keras-tether bench: {BACKEND}: 1/4 mixing: stress" in printed.err
+    assert f"make bench: {BACKEND}: 1/4 mixing: stress" in printed.err
     assert "TensorFlow noise" not in printed.err
     assert printed.out.startswith(report.QUICK_NOTE)
 
@@ -465,7 +464,7 @@ def test_cli_bench_reports_a_failed_backend(monkeypatch, tmp_path, capsys):
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
     out = tmp_path / "bench.json"
-    assert _cli.main(["bench", "--backends", BACKEND, "--out", str(out)]) == 1
+    assert bench_command.main(["--backends", BACKEND, "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert f"{BACKEND} failed: exit code 1: ImportError: no backend here" in err
     combined = json.loads(out.read_text())
@@ -537,9 +536,9 @@ def test_cli_bench_passes_the_scenarios_on(quick_run, monkeypatch, tmp_path):
         return _Process(0)
 
     monkeypatch.setattr(runner.subprocess, "Popen", popen)
-    argv = ["bench", "--backends", BACKEND, "--quick", "--scenarios", "ties,mixing"]
+    argv = ["--backends", BACKEND, "--quick", "--scenarios", "ties,mixing"]
     with contextlib.redirect_stdout(io.StringIO()):
-        assert _cli.main([*argv, "--out", str(tmp_path / "b.json")]) == 0
+        assert bench_command.main([*argv, "--out", str(tmp_path / "b.json")]) == 0
     (command,) = commands
     assert command[command.index("--scenarios") + 1] == "ties,mixing"
     combined = json.loads((tmp_path / "b.json").read_text())
@@ -549,7 +548,7 @@ def test_cli_bench_passes_the_scenarios_on(quick_run, monkeypatch, tmp_path):
 @pytest.mark.parametrize("text", ["nope", "ties,nope", ","])
 def test_scenarios_option_refuses_unknown_names(text, capsys):
     with pytest.raises(SystemExit) as raised:
-        _cli.main(["bench", "--scenarios", text])
+        bench_command.main(["--scenarios", text])
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert "--scenarios" in err

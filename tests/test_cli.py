@@ -1,6 +1,5 @@
 """Tests of the `keras-tether` command as a user runs it: a process of its own."""
 
-import io
 import json
 import os
 import subprocess
@@ -13,7 +12,6 @@ import pytest
 
 import keras_tether
 from keras_tether import _cli
-from keras_tether._cli import _progress, _startup
 
 BACKEND = keras.backend.backend()
 SOURCE = str(Path(keras_tether.__file__).resolve().parents[1])
@@ -78,24 +76,41 @@ def command(tmp_path):
     [
         (["--help"], 0),
         (["inspect", "--help"], 0),
-        (["bench", "-h"], 0),
-        (["demo", "--help"], 0),
         (["--version"], 0),
         ([], 2),
-        (["bench", "--rounds", "0"], 2),
+        (["inspect"], 2),
+        (["bench"], 2),
     ],
 )
-def test_answers_without_importing_keras_or_a_backend(command, args, code):
-    exit_code, out, err, heavy = command(*args)
+def test_answers_help_version_and_bad_arguments(command, args, code):
+    exit_code, out, err, _ = command(*args)
     assert exit_code == code, err
-    assert heavy == []
     assert "usage: keras-tether" in out + err or out.startswith("keras-tether ")
+
+
+@pytest.mark.parametrize("argv", [["keras-tether", "--help"], ["x", "--version"]])
+def test_importing_the_library_does_no_command_line_work(argv):
+    # Whatever the process's arguments, an import prints nothing and returns.
+    code = (
+        f"import sys; sys.argv = {argv!r}; import keras_tether; "
+        "print('imported', keras_tether.__version__)"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "KERAS_BACKEND": BACKEND},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout == f"imported {keras_tether.__version__}\n"
+    assert "usage:" not in completed.stderr
 
 
 def test_help_documents_the_exit_codes(command):
     _, out, _, _ = command("--help")
     text = " ".join(out.split())
-    for code in ("0 success", "1 the command ran and failed", "2 bad arguments"):
+    for code in ("0 success", "2 bad arguments"):
         assert code in text
 
 
@@ -142,12 +157,7 @@ def test_inspect_imports_the_users_module_first(command, custom_transform_model)
     code, _, err, heavy = command("inspect", str(path), "--json")
     assert code == 2
     assert "cannot read model" in err and "transform" in err
-    # TensorFlow logs its start-up lines once per native library it loads;
-    # the command prints each once.
     assert BACKEND in heavy
-    lines = [_startup._LOG_PREFIX.sub("", line) for line in err.splitlines()]
-    repeated = {line for line in lines if line.strip() and lines.count(line) > 1}
-    assert repeated == set()
 
     code, out, err, heavy = command(
         "inspect", str(path), "--json", "--import", "user_transforms"
@@ -172,58 +182,3 @@ def test_inspect_import_is_repeatable_and_reports_a_missing_module(
     assert "cannot import module 'no_such_module_here'" in err
     assert "ModuleNotFoundError" in err
     monkeypatch.delitem(sys.modules, "first_module")
-
-
-def test_repeated_log_lines_are_dropped_whatever_their_time():
-    text = (
-        "WARNING: All log messages before absl::InitializeLog()\n"
-        "I0000 00:00:1795380954.258707   12329 port.cc:153] oneDNN is on.\n"
-        "WARNING: All log messages before absl::InitializeLog()\n"
-        "I0000 00:00:1795380963.453267   12329 port.cc:153] oneDNN is on.\n"
-        "other\n"
-    )
-    assert _startup._without_repeats(text).splitlines() == [
-        "WARNING: All log messages before absl::InitializeLog()",
-        "I0000 00:00:1795380954.258707   12329 port.cc:153] oneDNN is on.",
-        "other",
-    ]
-
-
-class _Terminal(io.StringIO):
-    def isatty(self):
-        return True
-
-
-def _render(written):
-    """The line a terminal shows after `written`, backspaces applied."""
-    line, cursor = [], 0
-    for char in written:
-        if char == "\b":
-            cursor = max(0, cursor - 1)
-            continue
-        if cursor < len(line):
-            line[cursor] = char
-        else:
-            line.append(char)
-        cursor += 1
-    return "".join(line).rstrip()
-
-
-def test_counter_updates_in_place_then_leaves_the_line_as_it_was():
-    terminal = _Terminal()
-    terminal.write("training ...")
-    counter = _progress.Counter("epochs", 12, stream=terminal)
-    for done in (1, 9, 10):
-        counter.update(done)
-        shown = _render(terminal.getvalue())
-        assert shown == f"training ... [{done}/12 epochs]"
-    counter.close()
-    assert _render(terminal.getvalue()) == "training ..."
-
-
-def test_counter_is_silent_off_a_terminal():
-    stream = io.StringIO()
-    counter = _progress.Counter("epochs", 3, stream=stream)
-    counter.update(1)
-    counter.close()
-    assert stream.getvalue() == ""

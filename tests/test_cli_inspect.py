@@ -244,16 +244,14 @@ def test_main_version(capsys):
 def test_main_without_command_prints_help_and_fails(capsys):
     assert _cli.main([]) == 2
     err = capsys.readouterr().err
-    for command in ("demo", "inspect", "bench"):
-        assert command in err
+    assert "inspect" in err
 
 
 @pytest.mark.parametrize(
     "argv",
     [
-        ["bench", "--backends", "theano"],
-        ["bench", "--rounds", "0"],
-        ["demo", "--epochs", "-3"],
+        ["bench"],
+        ["demo"],
         ["inspect"],
     ],
 )
@@ -264,8 +262,9 @@ def test_main_rejects_bad_arguments(argv, capsys):
     assert "usage: keras-tether" in capsys.readouterr().err
 
 
-def test_main_demo_dispatches_to_the_demo(monkeypatch, tmp_path):
-    from keras_tether._cli import _demo
+def test_demo_command_dispatches_to_the_demo(monkeypatch, tmp_path):
+    from demo import __main__ as demo_command
+    from demo import experiments
 
     calls = []
 
@@ -273,9 +272,9 @@ def test_main_demo_dispatches_to_the_demo(monkeypatch, tmp_path):
         calls.append((out_dir, epochs))
         return 7
 
-    monkeypatch.setattr(_demo, "run", run)
-    assert _cli.main(["demo", "--out", str(tmp_path), "--epochs", "3"]) == 7
-    assert _cli.main(["demo"]) == 7
+    monkeypatch.setattr(experiments, "run", run)
+    assert demo_command.main(["--out", str(tmp_path), "--epochs", "3"]) == 7
+    assert demo_command.main([]) == 7
     assert calls == [(str(tmp_path), 3), ("demo-output", None)]
 
 

@@ -7,7 +7,8 @@ import sys
 import keras
 import pytest
 
-from keras_tether._cli import _demo
+from demo import experiments as _demo
+from demo import progress as _progress
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 EPOCHS = 2
@@ -188,3 +189,43 @@ def test_missing_demo_extra_exits_with_code_1(tmp_path, capsys, monkeypatch):
     assert "matplotlib" in message
     assert "pip install 'keras-tether[demo]'" in message
     assert not (tmp_path / "unused").exists()
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def _render(written):
+    """The line a terminal shows after `written`, backspaces applied."""
+    line, cursor = [], 0
+    for char in written:
+        if char == "\b":
+            cursor = max(0, cursor - 1)
+            continue
+        if cursor < len(line):
+            line[cursor] = char
+        else:
+            line.append(char)
+        cursor += 1
+    return "".join(line).rstrip()
+
+
+def test_counter_updates_in_place_then_leaves_the_line_as_it_was():
+    terminal = _Terminal()
+    terminal.write("training ...")
+    counter = _progress.Counter("epochs", 12, stream=terminal)
+    for done in (1, 9, 10):
+        counter.update(done)
+        shown = _render(terminal.getvalue())
+        assert shown == f"training ... [{done}/12 epochs]"
+    counter.close()
+    assert _render(terminal.getvalue()) == "training ..."
+
+
+def test_counter_is_silent_off_a_terminal():
+    stream = io.StringIO()
+    counter = _progress.Counter("epochs", 3, stream=stream)
+    counter.update(1)
+    counter.close()
+    assert stream.getvalue() == ""

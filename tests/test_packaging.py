@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,8 @@ def test_sdist_carries_what_pytest_needs(distributions):
     }
     needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")}
     needed |= {str(p.relative_to(ROOT)) for p in (ROOT / "examples").glob("*.py")}
+    for folder in ("benchmarks", "demo"):
+        needed |= {str(p.relative_to(ROOT)) for p in (ROOT / folder).rglob("*.py")}
     docs = [*(ROOT / "docs").rglob("*.md"), *(ROOT / "docs").rglob("*.py")]
     needed |= {
         str(path.relative_to(ROOT))
@@ -102,3 +105,15 @@ def test_sdist_carries_what_pytest_needs(distributions):
     assert "docs/index.md" in needed
     assert needed - names == set()
     assert not any(name.startswith("docs/generated/") for name in names)
+
+
+def test_wheel_holds_the_library_only(distributions):
+    (wheel,) = [path for path in distributions if path.suffix == ".whl"]
+    with zipfile.ZipFile(wheel) as archive:
+        packages = {name.split("/", 1)[0] for name in archive.namelist()}
+        modules = [name for name in archive.namelist() if name.endswith(".py")]
+    assert {name for name in packages if not name.endswith(".dist-info")} == {
+        "keras_tether"
+    }
+    assert modules and not [name for name in modules if "bench" in name]
+    assert not [name for name in modules if "demo" in name]

@@ -7,18 +7,12 @@ whose weights are tied to another layer's, on every Keras backend.
 from importlib.metadata import PackageNotFoundError, version
 
 from keras_tether._backend_choice import choose_backend
-from keras_tether._cli._startup import prepare_command_line
 
 # A library should not pick the user's backend. This one steps in only where
 # `import keras` would otherwise fail: no backend chosen, so Keras defaults to
 # TensorFlow, and TensorFlow is not installed. It must run before anything
 # below imports Keras, which reads the backend once, on import.
 choose_backend()
-
-# The `keras-tether` command answers --help, --version and bad arguments here,
-# before Keras (and with it a backend, seconds to import) is imported. In any
-# other process this does nothing.
-prepare_command_line()
 
 from keras_tether import (  # noqa: E402
     callbacks,

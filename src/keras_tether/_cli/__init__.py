@@ -1,7 +1,6 @@
-"""The `keras-tether` command line: `demo`, `inspect` and `bench`.
+"""The `keras-tether` command line: `inspect` a saved model.
 
-This module imports no Keras and no backend: the parser answers `--help` and
-`--version` at once, and each command imports what it needs when it runs.
+The parser needs no Keras: `inspect` imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -14,15 +13,11 @@ import os
 import sys
 from collections.abc import Sequence
 
-from keras_tether._cli import _args
-
 PROG = "keras-tether"
 
 # The exit codes of every command, as `--help` lists them.
 EXIT_CODES = {
     0: "success",
-    1: "the command ran and failed (a backend's benchmark failed, the demo's "
-    "optional dependencies are missing)",
     2: "bad arguments, or a model file or module that cannot be read",
     130: "interrupted (Ctrl-C)",
 }
@@ -53,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Keras 3 layers with structured weights: learnable mixtures whose "
             "weights stay on the probability simplex (WeightedAverage) and "
-            "layers whose weights are tied to another layer's (DenseTranspose)."
+            "layers whose weights are tied to another layer's."
         ),
         epilog=(
             f"Run '{PROG} COMMAND --help' for the options of a command. "
@@ -70,31 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", title="commands", metavar="COMMAND"
     )
-
-    demo = commands.add_parser(
-        "demo",
-        help="train two small example models and write a report with plots",
-        description=(
-            "Train a learned mixture of three branches and a tied autoencoder "
-            "on scikit-learn's 8x8 digits, and write report.md, results.json "
-            "and PNG plots. Needs the 'demo' extra: "
-            "pip install 'keras-tether[demo]'."
-        ),
-    )
-    demo.add_argument(
-        "--out",
-        default="demo-output",
-        metavar="DIR",
-        help="folder for the report and plots, created if missing "
-        "(default: %(default)s)",
-    )
-    demo.add_argument(
-        "--epochs",
-        type=_args.positive_int,
-        metavar="N",
-        help="training epochs of every model (default: the demo's own)",
-    )
-    demo.set_defaults(handler=_run_demo)
 
     inspect = commands.add_parser(
         "inspect",
@@ -126,30 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.set_defaults(handler=_run_inspect)
 
-    bench = commands.add_parser(
-        "bench",
-        help="time WeightedAverage and tied layers against plain Keras",
-        description=(
-            "Time training steps of models built with keras-tether against "
-            "the same models built with plain Keras layers (Add, untied "
-            "Dense), once per backend, each backend in its own process, and "
-            "print a table of step times and ratios with their targets."
-        ),
-    )
-    bench.add_argument(
-        "--backends",
-        type=_args.backend_list,
-        metavar="LIST",
-        help="comma-separated backends to measure, from "
-        f"{','.join(_args.BACKENDS)} (default: those installed)",
-    )
-    _args.add_timing_arguments(bench)
-    bench.add_argument(
-        "--out",
-        metavar="FILE.json",
-        help="also write every number, with the environment, to this JSON file",
-    )
-    bench.set_defaults(handler=_run_bench)
     return parser
 
 
@@ -184,17 +130,10 @@ def _backend() -> str:
     if keras is not None:
         return keras.backend.backend()
     # What Keras will read on import: the variable, else keras.json, else its
-    # default. keras_tether's `__init__` has set the variable if it had to.
+    # default.
     from keras_tether._backend_choice import configured_backend
 
     return os.environ.get("KERAS_BACKEND") or configured_backend() or "tensorflow"
-
-
-def _run_demo(args: argparse.Namespace) -> int:
-    # The demo needs matplotlib and scikit-learn, the optional 'demo' extra.
-    from keras_tether._cli import _demo
-
-    return _demo.run(out_dir=args.out, epochs=args.epochs)
 
 
 def _run_inspect(args: argparse.Namespace) -> int:
@@ -229,24 +168,3 @@ def _import_user_module(name: str) -> None:
     if folder not in sys.path:
         sys.path.insert(0, folder)
     importlib.import_module(name)
-
-
-def _run_bench(args: argparse.Namespace) -> int:
-    from keras_tether._cli.bench import runner
-
-    backends = args.backends or _args.installed_backends()
-    if not backends:
-        print(
-            f"{PROG}: no backend to measure: none of "
-            f"{', '.join(_args.BACKENDS)} is installed",
-            file=sys.stderr,
-        )
-        return 2
-    return runner.run_all(
-        backends,
-        quick=args.quick,
-        rounds=args.rounds,
-        warmup=args.warmup,
-        out=args.out,
-        scenario_names=args.scenarios,
-    )

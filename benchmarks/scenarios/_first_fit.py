@@ -12,12 +12,13 @@ backend and the data already held.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import subprocess
 import sys
 import time
 from typing import Any
+
+from benchmarks import child_environment
 
 # Peak resident memory is in kilobytes on Linux, in bytes on macOS.
 _RSS_UNIT = 1 if sys.platform == "darwin" else 1024
@@ -47,7 +48,7 @@ def measure(backend: str, branches: int, mixer: str, quick: bool) -> dict[str, A
     ]
     completed = subprocess.run(
         command,
-        env={**os.environ, "KERAS_BACKEND": backend},
+        env=child_environment(backend),
         capture_output=True,
         text=True,
         check=False,
@@ -85,8 +86,8 @@ def _main(argv: list[str]) -> None:
         )
     import keras
 
-    from keras_tether._cli.bench.scenarios import parallel
-    from keras_tether._cli.bench.timing import _jit_compile
+    from benchmarks.scenarios import parallel
+    from benchmarks.timing import _jit_compile
     from keras_tether.layers import WeightedAverage
 
     sizes = parallel.QUICK if size == "quick" else parallel.FULL

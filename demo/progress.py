@@ -1,14 +1,9 @@
-"""Progress of long commands, on stderr, so that stdout holds only results."""
+"""The demo's progress, on stderr, so that stdout holds only results."""
 
 from __future__ import annotations
 
 import sys
 from typing import TextIO
-
-
-def note(message: str, stream: TextIO | None = None) -> None:
-    """Prints one line of progress to stderr."""
-    print(message, file=stream or sys.stderr, flush=True)
 
 
 class Counter:

@@ -9,10 +9,10 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios._data import random, seed_data, tensors
-from keras_tether._cli.bench.schema import make_row
-from keras_tether._cli.bench.timing import Candidate, train_step
+from benchmarks.scenarios import Comparison, Context
+from benchmarks.scenarios._data import random, seed_data, tensors
+from benchmarks.schema import make_row
+from benchmarks.timing import Candidate, train_step
 from keras_tether.layers import GatedAverage, MixtureOfExperts, WeightedAverage
 
 # Largest ratio sparse / dense at 16 experts that meets the target (2x faster).

@@ -15,9 +15,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from keras_tether._cli import _args
-from keras_tether._cli._progress import note
-from keras_tether._cli.bench import report, timing
+from benchmarks import _args, child_environment, report, timing
 
 # Environment variables that set the thread pools of the backends. They are
 # recorded, not set: the benchmark runs with each backend's defaults.
@@ -37,7 +35,7 @@ BACKEND_DISTRIBUTIONS = {
     "torch": ("torch",),
 }
 
-PROG = "keras-tether bench"
+PROG = "make bench"
 
 # A measuring process's lines of progress on stderr start with this; the
 # command passes them on and keeps the rest for a message if it fails.
@@ -57,13 +55,13 @@ def budget(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Measures the backend Keras is using; the entry point of `python -m`."""
+    """Measures the backend Keras is using; `python -m benchmarks.backend`."""
     parser = argparse.ArgumentParser(
-        prog="python -m keras_tether._cli.bench",
+        prog="python -m benchmarks.backend",
         description=(
             "Measure keras-tether's step times against plain Keras on the "
             "backend Keras is using (set KERAS_BACKEND to choose it). "
-            "`keras-tether bench` runs this once per backend."
+            "`python -m benchmarks` runs this once per backend."
         ),
     )
     parser.add_argument(
@@ -121,7 +119,7 @@ def run_backend(
     """
     import keras
 
-    from keras_tether._cli.bench import scenarios
+    from benchmarks import scenarios
 
     chosen = budget(quick, rounds, warmup)
     backend = keras.backend.backend()
@@ -265,7 +263,7 @@ def _run_subprocess(
         command = [
             sys.executable,
             "-m",
-            "keras_tether._cli.bench",
+            "benchmarks.backend",
             "--backend",
             backend,
             "--out",
@@ -279,10 +277,9 @@ def _run_subprocess(
             command += ["--warmup", str(warmup)]
         if scenario_names:
             command += ["--scenarios", ",".join(scenario_names)]
-        env = {**os.environ, "KERAS_BACKEND": backend}
         process = subprocess.Popen(
             command,
-            env=env,
+            env=child_environment(backend),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
@@ -298,6 +295,11 @@ def _run_subprocess(
             return None, f"exit code {code}: {last}"
         with open(path) as file:
             return json.load(file), None
+
+
+def note(message: str) -> None:
+    """Prints one line of progress to stderr, so stdout holds only results."""
+    print(message, file=sys.stderr, flush=True)
 
 
 def _write_json(path: str, data: dict[str, Any]) -> None:

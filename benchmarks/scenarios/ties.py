@@ -8,11 +8,11 @@ from typing import Any
 import keras
 import numpy as np
 
+from benchmarks.scenarios import Comparison, Context
+from benchmarks.scenarios._data import tensors
+from benchmarks.schema import make_row
+from benchmarks.timing import Candidate, train_step
 from keras_tether import ties
-from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios._data import tensors
-from keras_tether._cli.bench.schema import make_row
-from keras_tether._cli.bench.timing import Candidate, train_step
 
 AUTOENCODER_TARGET = 1.05
 

@@ -1,4 +1,4 @@
-"""What `keras-tether bench` reports: the table, the notes, report.md and a chart."""
+"""What `make bench` reports: the table, the notes, report.md and a chart."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from keras_tether._cli.bench.schema import BASELINE_KINDS
+from benchmarks.schema import BASELINE_KINDS
 
 QUICK_NOTE = (
     "Quick mode: tiny models and few rounds. It shows that every scenario "

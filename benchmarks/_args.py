@@ -1,7 +1,7 @@
-"""Argument parsing shared by every command of the command line.
+"""The benchmark's argument parsing.
 
 Nothing here imports Keras or a backend: the parser, `--help` and the
-argument checks must answer at once.
+argument checks answer at once.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def backend_list(text: str) -> list[str]:
 def scenario_list(text: str) -> list[str]:
     """Parses a comma-separated list of benchmark scenarios, without repeats."""
     # Imported here: the registry is light (no Keras), but it belongs to bench.
-    from keras_tether._cli.bench.scenarios import MODULES
+    from benchmarks.scenarios import MODULES
 
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in MODULES]
@@ -59,8 +59,8 @@ def scenario_list(text: str) -> list[str]:
 def add_timing_arguments(parser: argparse.ArgumentParser) -> None:
     """Adds the benchmark's `--scenarios`, `--rounds`, `--warmup` and `--quick`."""
     # Imported here, not at the top: `timing` is light, but it belongs to bench.
-    from keras_tether._cli.bench.scenarios import MODULES
-    from keras_tether._cli.bench.timing import FULL_BUDGET, QUICK_BUDGET
+    from benchmarks.scenarios import MODULES
+    from benchmarks.timing import FULL_BUDGET, QUICK_BUDGET
 
     parser.add_argument(
         "--scenarios",

@@ -4,7 +4,7 @@ A row compares one keras-tether model ("ours") with one model a user could
 otherwise write ("the baseline"), on one backend. Every scenario builds its
 rows with `make_row`; the runner adds `backend` and `scenario`, and in quick
 mode marks the row `indicative` and judges no target (`met` is null). The JSON that
-`keras-tether bench --out` writes holds the rows under `rows`, and
+`python -m benchmarks --out` writes holds the rows under `rows`, and
 `ROW_SCHEMA` is a JSON Schema (draft 2020-12) that each of them satisfies.
 """
 

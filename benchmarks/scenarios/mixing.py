@@ -10,10 +10,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios._data import random, seed_data, tensors
-from keras_tether._cli.bench.schema import make_row
-from keras_tether._cli.bench.timing import Candidate, train_step
+from benchmarks.scenarios import Comparison, Context
+from benchmarks.scenarios._data import random, seed_data, tensors
+from benchmarks.schema import make_row
+from benchmarks.timing import Candidate, train_step
 from keras_tether.layers import WeightedAverage
 
 # Largest ratios ours / baseline that meet the targets. In the stress test

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from keras_tether._cli.bench import timing
+from benchmarks import timing
 
 # The scenario modules of this package, run in this order.
 MODULES = (

@@ -1,4 +1,4 @@
-"""The `keras-tether demo`: mixtures, tied weights and stacked branches on digits.
+"""keras-tether's demo (`make demo`): mixtures, tied weights and stacked branches.
 
 Three small experiments on scikit-learn's 8x8 digits, which ship with the
 package, so the demo runs offline:
@@ -18,8 +18,8 @@ package, so the demo runs offline:
   step (tracing and compiling) and the time per epoch.
 
 `run` writes `report.md`, `results.json` and PNG plots to the output folder.
-matplotlib and scikit-learn are optional dependencies (the `demo` extra), so
-they are imported here, inside the demo, and only when it runs.
+It needs matplotlib and scikit-learn (the `demo` extra), imported only when it
+runs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_tether._cli._progress import Counter
+from demo.progress import Counter
 from keras_tether.callbacks import MixtureWeightsHistory
 from keras_tether.layers import ParallelDense, WeightedAverage
 from keras_tether.ties import tied_autoencoder

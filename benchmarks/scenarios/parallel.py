@@ -34,11 +34,11 @@ from typing import Any
 import keras
 import numpy as np
 
-from keras_tether._cli.bench.scenarios import Comparison, Context
-from keras_tether._cli.bench.scenarios import _first_fit as _first_fit_process
-from keras_tether._cli.bench.scenarios._data import random, tensors
-from keras_tether._cli.bench.schema import make_row
-from keras_tether._cli.bench.timing import Candidate, train_step
+from benchmarks.scenarios import Comparison, Context
+from benchmarks.scenarios import _first_fit as _first_fit_process
+from benchmarks.scenarios._data import random, tensors
+from benchmarks.schema import make_row
+from benchmarks.timing import Candidate, train_step
 from keras_tether.layers import ParallelDense, WeightedAverage
 
 

@@ -1,4 +1,4 @@
-"""`keras-tether bench`: what mixing and tying cost per training step.
+"""keras-tether's benchmarks: what each structure costs per training step.
 
 Every comparison builds all of its models first, compiles and warms up each
 (the first steps trace and compile on JAX and TensorFlow), then runs rounds:
@@ -17,8 +17,27 @@ The modules:
   subprocess, and writes the JSON.
 - `report`: the text table and the notes printed at the end.
 
-`keras-tether bench` runs each backend in its own subprocess. One backend,
-the one Keras is using, can be measured directly:
+`make bench` (`python -m benchmarks`, from the repository's root) runs each
+backend in its own subprocess. One backend, the one Keras is using, can be
+measured directly:
 
-    KERAS_BACKEND=jax python -m keras_tether._cli.bench --out jax.json
+    KERAS_BACKEND=jax python -m benchmarks.backend --out jax.json
 """
+
+import os
+
+# The folder that holds this package: the repository's root.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def child_environment(backend: str) -> dict[str, str]:
+    """The environment of a measuring subprocess on `backend`.
+
+    The child imports `benchmarks` from the repository, whatever its folder.
+    """
+    paths = [REPOSITORY, *filter(None, [os.environ.get("PYTHONPATH")])]
+    return {
+        **os.environ,
+        "KERAS_BACKEND": backend,
+        "PYTHONPATH": os.pathsep.join(paths),
+    }
