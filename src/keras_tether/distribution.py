@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import keras
 
-from keras_tether.layers import ParallelDense, WeightedAverage
+from keras_tether.layers import Ensemble, ParallelDense, WeightedAverage
 
 __all__ = ["branch_layout_map"]
 
@@ -24,9 +24,10 @@ def branch_layout_map(
 ) -> keras.distribution.LayoutMap:
     """A `LayoutMap` that shards the branch axis of a model's branched layers.
 
-    Every `ParallelDense` in `model`, nested layers and models included (a
-    layer that holds `ParallelDense` sublayers, such as a mixture of
-    experts, is covered as is), gets its variables split along their branch
+    Every `ParallelDense` and `Ensemble` in `model`, nested layers and
+    models included (a layer that holds `ParallelDense` sublayers, such as
+    a mixture of experts, is covered as is), gets its variables split along
+    their branch
     axis over the mesh axis `branch_axis_name`: with `B` branches on `D`
     devices, each device holds `B / D` branches. The logits of every
     per-feature `WeightedAverage` (`feature_axis` set, shape
@@ -123,7 +124,7 @@ def _layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def _branch_variables(layer: keras.layers.Layer) -> list:
-    if isinstance(layer, ParallelDense) and layer.built:
+    if isinstance(layer, Ensemble | ParallelDense) and layer.built:
         return [(variable, layer.branches) for variable in layer.weights]
     if (
         isinstance(layer, WeightedAverage)

@@ -305,10 +305,7 @@ class Ensemble(keras.layers.Layer):
                         f"input shape {input_shape} gives."
                     )
         self._template.stacks = {}
-        prefix = f"{template.name}/"
         for position, variable in enumerate(weights):
-            path = variable.path
-            name = path[path.find(prefix) + len(prefix) :] if prefix in path else path
             stack = self.add_weight(
                 shape=(self.branches,) + tuple(variable.shape),
                 dtype=variable.dtype,
@@ -316,7 +313,10 @@ class Ensemble(keras.layers.Layer):
                 trainable=variable.trainable,
                 regularizer=_per_branch(variable.regularizer),
                 constraint=_per_branch(variable.constraint),
-                name=name.replace("/", "_"),
+                # Named by position, not by the template's sublayer names,
+                # which Keras numbers afresh each time a model is rebuilt:
+                # a layout map written for one build fits the next.
+                name=f"{variable.name}_{position}",
             )
             stack.assign(np.stack([branch[position] for branch in values]))
             self._template.stacks[id(variable)] = stack
