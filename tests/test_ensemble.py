@@ -561,3 +561,26 @@ def test_keras_file_reloads_in_a_fresh_process(tmp_path):
         timeout=300,
     )
     assert "reloaded" in result.stdout, result.stderr[-3000:]
+
+
+def test_digits_example_runs():
+    pytest.importorskip("sklearn")
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+    try:
+        import ensemble_digits
+    finally:
+        sys.path.pop(0)
+    results = ensemble_digits.main(epochs=1, members=2)
+    assert results["reloaded_equal"]
+    assert len(results["members"]) == 2
+
+
+def test_docs_page_runs():
+    page = os.path.join(os.path.dirname(__file__), "..", "docs", "ensembles.md")
+    with open(page) as file:
+        text = file.read()
+    blocks = [block.split("```")[0] for block in text.split("```python\n")[1:]]
+    assert len(blocks) == 3
+    namespace = {}
+    for index, block in enumerate(blocks):
+        exec(compile(block, f"docs/ensembles.md block {index}", "exec"), namespace)

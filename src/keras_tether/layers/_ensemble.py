@@ -507,8 +507,10 @@ class Ensemble(keras.layers.Layer):
 
         The models must share one architecture (the same classes and configs,
         names aside) and be built; branch `n` gets a copy of `models[n]`'s
-        weights when the ensemble is built, on its first call. The models
-        themselves are not changed or used afterwards.
+        weights. A model made on a `keras.Input` gives the ensemble its
+        input shape, and the ensemble is built at once; otherwise it is built,
+        and the weights copied, on its first call. The models themselves are
+        not changed or used afterwards.
 
         Args:
             models: A list of built layers or models of one architecture.
@@ -563,6 +565,22 @@ class Ensemble(keras.layers.Layer):
         ensemble._initial_values = [
             [ops.convert_to_numpy(v) for v in model.weights] for model in models
         ]
+        # A model made on an `Input` (or a layer called on one) knows its
+        # input shape: the ensemble is then built, and holds the weights, now.
+        try:
+            inputs = first.input
+        except (AttributeError, ValueError):
+            # A `Sequential` made on an `Input` lists it only in `inputs`.
+            inputs = getattr(first, "inputs", None)
+            if not (isinstance(inputs, list) and len(inputs) == 1):
+                return ensemble
+            inputs = inputs[0]
+        shape = keras.tree.map_structure(lambda x: tuple(x.shape), inputs)
+        if ensemble.per_branch_inputs:
+            shape = _map_shapes(
+                lambda s: (s[0], ensemble.branches) + tuple(s[1:]), shape
+            )
+        ensemble.build(shape)
         return ensemble
 
     def get_config(self) -> dict[str, Any]:
