@@ -79,8 +79,13 @@ def _scores(probabilities: np.ndarray, labels: np.ndarray) -> tuple[float, float
     return accuracy, float(-np.mean(np.log(np.maximum(likelihood, 1e-12))))
 
 
-def main(epochs: int = 20, members: int = MEMBERS, seed: int = 0) -> dict:
+def main(
+    epochs: int = 20, members: int = MEMBERS, seed: int = 0, samples: int | None = None
+) -> dict:
     (x_train, y_train), (x_test, y_test) = load_data(seed)
+    if samples is not None:  # a quick run on part of the data
+        x_train, y_train = x_train[:samples], y_train[:samples]
+        x_test, y_test = x_test[:samples], y_test[:samples]
     x_train, x_test = x_train.transpose(0, 3, 1, 2), x_test.transpose(0, 3, 1, 2)
     model = build_model(members, seed)
     # Every member learns the labels: the targets repeat along the branch axis.

@@ -570,7 +570,7 @@ def test_digits_example_runs():
         import ensemble_digits
     finally:
         sys.path.pop(0)
-    results = ensemble_digits.main(epochs=1, members=2)
+    results = ensemble_digits.main(epochs=1, members=2, samples=64)
     assert results["reloaded_equal"]
     assert len(results["members"]) == 2
 
