@@ -178,7 +178,7 @@ class Ensemble(keras.layers.Layer):
     >>> mlp = keras.Sequential([
     ...     keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
     >>> ensemble = keras_tether.layers.Ensemble(mlp, branches=4, seed=1)
-    >>> ensemble(np.ones((3, 5))).shape
+    >>> tuple(ensemble(np.ones((3, 5))).shape)
     (3, 4, 2)
     >>> models = ensemble.to_models()
     >>> np.allclose(
