@@ -1,6 +1,8 @@
 """Make a keras-hub Qwen3-MoE model compute only each token's chosen experts.
 
-Needs keras-hub (`pip install keras-hub`). Builds a small, randomly
+Install: pip install "keras-tether[BACKEND,hub]"
+
+Needs keras-hub, the `hub` extra. Builds a small, randomly
 initialized Qwen3-MoE causal language model (no download), generates greedily,
 converts its MoE blocks in place with `keras_tether.moe.sparsify`, and checks
 that the outputs and the generated tokens are unchanged. With a preset,

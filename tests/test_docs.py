@@ -141,7 +141,7 @@ def test_routing_page_python_blocks_run(tmp_path, monkeypatch):
 
 
 # What each extra of pyproject.toml brings that an example may import.
-EXTRA_MODULES = {"demo": {"sklearn", "matplotlib"}}
+EXTRA_MODULES = {"demo": {"sklearn", "matplotlib"}, "hub": {"keras_hub"}}
 # Importable with any install: the library, its dependencies, the backends.
 BASE_MODULES = {"keras_tether", "keras", "numpy", "jax", "torch", "tensorflow"}
 

@@ -309,3 +309,13 @@ def test_keras_tether_does_not_import_keras_hub():
         env={**os.environ, "PYTHONPATH": SOURCE},
     )
     assert result.stdout.strip().splitlines()[-1] == "False", result.stderr[-2000:]
+
+
+def test_the_example_converts_a_model_and_keeps_its_outputs(monkeypatch):
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "examples"))
+    import sparsify_keras_hub
+
+    converted, difference, tokens = sparsify_keras_hub.main(num_experts=4, top_k=2)
+    assert len(converted) == 2 and all("Qwen3SparseMoeBlock" in c for c in converted)
+    assert difference < 1e-5
+    assert tokens.shape == (1, 10)

@@ -39,6 +39,7 @@ MODULES = (
     "parallel",
     "routing",
     "parametrize",
+    "ensemble",
 )
 
 

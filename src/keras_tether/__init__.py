@@ -26,6 +26,7 @@ from keras_tether import (  # noqa: E402
     ties,
 )
 from keras_tether.layers import (  # noqa: E402
+    Ensemble,
     GatedAverage,
     MixtureOfExperts,
     ParallelDense,
@@ -45,6 +46,7 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0"
 
 __all__ = [
+    "Ensemble",
     "GatedAverage",
     "MixtureOfExperts",
     "ParallelDense",

@@ -13,7 +13,7 @@ import keras
 
 from keras_tether._validation import check_choice, check_instance
 from keras_tether._walk import all_layers
-from keras_tether.layers import ParallelDense, WeightedAverage
+from keras_tether.layers import Ensemble, ParallelDense, WeightedAverage
 
 __all__ = ["branch_layout_map"]
 
@@ -26,9 +26,10 @@ def branch_layout_map(
 ) -> keras.distribution.LayoutMap:
     """A `LayoutMap` that shards the branch axis of a model's branched layers.
 
-    Every `ParallelDense` in `model`, nested layers and models included (a
-    layer that holds `ParallelDense` sublayers, such as a mixture of
-    experts, is covered as is), gets its variables split along their branch
+    Every `ParallelDense` and `Ensemble` in `model`, nested layers and
+    models included (a layer that holds `ParallelDense` sublayers, such as
+    a mixture of experts, is covered as is), gets its variables split along
+    their branch
     axis over the mesh axis `branch_axis_name`: with `B` branches on `D`
     devices, each device holds `B / D` branches. The logits of every
     per-feature `WeightedAverage` (`feature_axis` set, shape
@@ -132,7 +133,7 @@ def branch_layout_map(
 
 
 def _branch_variables(layer: keras.layers.Layer) -> list:
-    if isinstance(layer, ParallelDense) and layer.built:
+    if isinstance(layer, Ensemble | ParallelDense) and layer.built:
         return [(variable, layer.branches) for variable in layer.weights]
     if (
         isinstance(layer, WeightedAverage)
