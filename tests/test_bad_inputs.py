@@ -10,12 +10,25 @@ import keras
 import numpy as np
 import pytest
 
-from keras_tether import callbacks, distribution, parametrize, regularizers, simplex
+from keras_tether import (
+    callbacks,
+    distribution,
+    moe,
+    parametrize,
+    regularizers,
+    simplex,
+)
+from keras_tether import ops as kt_ops
 from keras_tether.layers import (
+    Ensemble,
     GatedAverage,
     MixtureOfExperts,
     ParallelDense,
     Parametrized,
+    ReversibleConv1D,
+    ReversibleConv2D,
+    ReversibleConv3D,
+    ReversibleDense,
     WeightedAverage,
     weighted_average,
 )
@@ -33,6 +46,11 @@ def _mesh():
 
 def _built_model():
     return keras.Sequential([keras.Input((4,)), ParallelDense(3, branches=2)])
+
+
+def _reverse_after_forward(layer, forward, backward):
+    layer(forward)
+    return layer(backward, reverse=True)
 
 
 def _call_built(layer, first, second):
@@ -879,6 +897,100 @@ CONSTRUCTORS = [
         "layout_map",
         "{}",
     ),
+    # ReversibleDense
+    ("rd-units", lambda: ReversibleDense(0), ValueError, "units", "0"),
+    (
+        "rd-reverse-use-bias",
+        lambda: ReversibleDense(2, reverse_use_bias="yes"),
+        TypeError,
+        "reverse_use_bias",
+        "'yes'",
+    ),
+    (
+        "rd-reverse-activation",
+        lambda: ReversibleDense(2, reverse_activation="nope"),
+        ValueError,
+        "reverse_activation",
+        "'nope'",
+    ),
+    (
+        "rd-activation",
+        lambda: ReversibleDense(2, activation=3),
+        TypeError,
+        "activation",
+        "3",
+    ),
+    (
+        "rd-reverse-bias-initializer",
+        lambda: ReversibleDense(2, reverse_bias_initializer="nope"),
+        ValueError,
+        "reverse_bias_initializer",
+        "'nope'",
+    ),
+    (
+        "rd-reverse-bias-regularizer",
+        lambda: ReversibleDense(2, reverse_bias_regularizer="nope"),
+        ValueError,
+        "reverse_bias_regularizer",
+        "'nope'",
+    ),
+    (
+        "rd-reverse-bias-constraint",
+        lambda: ReversibleDense(2, reverse_bias_constraint="nope"),
+        ValueError,
+        "reverse_bias_constraint",
+        "'nope'",
+    ),
+    # ReversibleConv1D/2D/3D
+    ("rc1-filters", lambda: ReversibleConv1D(0, 3), ValueError, "filters", "0"),
+    ("rc2-groups", lambda: ReversibleConv2D(4, 3, groups=2), ValueError, "groups", "2"),
+    (
+        "rc2-reverse-activation",
+        lambda: ReversibleConv2D(4, 3, reverse_activation="nope"),
+        ValueError,
+        "reverse_activation",
+        "'nope'",
+    ),
+    (
+        "rc3-reverse-use-bias",
+        lambda: ReversibleConv3D(4, 3, reverse_use_bias=1),
+        TypeError,
+        "reverse_use_bias",
+        "1",
+    ),
+    # Ensemble
+    ("ens-layer", lambda: Ensemble("dense", 3), TypeError, "layer", "'dense'"),
+    (
+        "ens-branches",
+        lambda: Ensemble(keras.layers.Dense(2), 0),
+        ValueError,
+        "branches",
+        "0",
+    ),
+    (
+        "ens-branches-type",
+        lambda: Ensemble(keras.layers.Dense(2), 2.5),
+        TypeError,
+        "branches",
+        "2.5",
+    ),
+    (
+        "ens-per-branch-inputs",
+        lambda: Ensemble(keras.layers.Dense(2), 2, per_branch_inputs="yes"),
+        TypeError,
+        "per_branch_inputs",
+        "'yes'",
+    ),
+    (
+        "ens-seed",
+        lambda: Ensemble(keras.layers.Dense(2), 2, seed="s"),
+        TypeError,
+        "seed",
+        "'s'",
+    ),
+    ("ens-from-models", lambda: Ensemble.from_models([]), ValueError, "models", "[]"),
+    # keras_tether.moe
+    ("sparsify-model", lambda: moe.sparsify("model"), TypeError, "model", "'model'"),
 ]
 
 # Call inputs of the wrong structure, rank or size.
@@ -1115,41 +1227,88 @@ CALLS = [
         "weights",
         "()",
     ),
+    # ReversibleDense and ReversibleConv: the reverse direction
+    (
+        "rd-reverse-unbuilt",
+        lambda: ReversibleDense(2)(_x(2, 2), reverse=True),
+        ValueError,
+        "reverse",
+        "reverse=True",
+    ),
+    (
+        "rd-reverse-features",
+        lambda: _reverse_after_forward(ReversibleDense(2), _x(2, 4), _x(2, 3)),
+        ValueError,
+        "inputs.shape",
+        "(2, 3)",
+    ),
+    (
+        "rd-reverse-type",
+        lambda: ReversibleDense(2)(_x(2, 4), reverse="yes"),
+        TypeError,
+        "reverse",
+        "'yes'",
+    ),
+    (
+        "rc2-reverse-channels",
+        lambda: _reverse_after_forward(
+            ReversibleConv2D(4, 3), _x(1, 5, 5, 2), _x(1, 3, 3, 3)
+        ),
+        ValueError,
+        "inputs.shape",
+        "(1, 3, 3, 3)",
+    ),
+    # Ensemble
+    (
+        "ens-per-branch-axis",
+        lambda: Ensemble(keras.layers.Dense(2), 3, per_branch_inputs=True)(_x(2, 2, 4)),
+        ValueError,
+        "input_shape",
+        "(2, 2, 4)",
+    ),
+    # keras_tether.ops.grouped_matmul
+    (
+        "gm-inputs-rank",
+        lambda: kt_ops.grouped_matmul(_x(4), _x(2, 4, 3), np.array([2, 2])),
+        ValueError,
+        "inputs.shape",
+        "(4,)",
+    ),
+    (
+        "gm-kernels-rank",
+        lambda: kt_ops.grouped_matmul(_x(4, 4), _x(4, 3), np.array([2, 2])),
+        ValueError,
+        "kernels.shape",
+        "(4, 3)",
+    ),
+    (
+        "gm-features",
+        lambda: kt_ops.grouped_matmul(_x(4, 5), _x(2, 4, 3), np.array([2, 2])),
+        ValueError,
+        "kernels.shape",
+        "(2, 4, 3)",
+    ),
+    (
+        "gm-group-sizes",
+        lambda: kt_ops.grouped_matmul(_x(4, 4), _x(2, 4, 3), np.array([2, 2, 0])),
+        ValueError,
+        "group_sizes.shape",
+        "(3,)",
+    ),
+    (
+        "gm-tile-size",
+        lambda: kt_ops.grouped_matmul(
+            _x(4, 4), _x(2, 4, 3), np.array([2, 2]), tile_size=0
+        ),
+        ValueError,
+        "tile_size",
+        "0",
+    ),
 ]
 
 
-# Gaps in modules that are being rewritten elsewhere for this release: each
-# row must start passing (strict) once its module uses the shared validators
-# of `keras_tether._validation` (`get_keras_object` for Keras identifiers,
-# `check_optional_int` for seeds) and names the call input it refuses.
-_PENDING = {
-    "wa-regularizer-type": "WeightedAverage: mixture_regularizer via get_keras_object",
-    "wa-seed-type": "WeightedAverage: seed via check_optional_int",
-    "wa-one-tensor": "WeightedAverage: call message names `inputs`",
-    "wa-one-branch": "WeightedAverage: call message names `inputs`",
-    "wa-mismatched": "WeightedAverage: call message names `inputs`",
-    "wa-function-one-tensor": "weighted_average: call message names `inputs`",
-    "moe-activation-name": "MixtureOfExperts: activation via get_keras_object",
-    "moe-kernel-init-name": "MixtureOfExperts: initializer via get_keras_object",
-    "moe-bias-init-name": "MixtureOfExperts: initializer via get_keras_object",
-    "moe-router-init-name": "MixtureOfExperts: initializer via get_keras_object",
-    "moe-seed-type": "MixtureOfExperts: seed via check_optional_int",
-    "moe-rank-1": "MixtureOfExperts: call message names `inputs`",
-    "moe-features-change": "MixtureOfExperts: a changed feature size is not refused",
-}
-
-
 def _rows(table):
-    return [
-        pytest.param(
-            *row[1:],
-            id=row[0],
-            marks=[pytest.mark.xfail(strict=True, reason=_PENDING[row[0]])]
-            if row[0] in _PENDING
-            else [],
-        )
-        for row in table
-    ]
+    return [pytest.param(*row[1:], id=row[0]) for row in table]
 
 
 def _check(make, error, argument, received):
@@ -1201,10 +1360,18 @@ def test_every_public_constructor_is_in_the_table():
         "EntropyRegularizer": "entropy-",
         "MixtureWeightsHistory": "history-",
         "branch_layout_map": "layout-",
+        "ReversibleDense": "rd-",
+        "ReversibleConv1D": "rc1-",
+        "ReversibleConv2D": "rc2-",
+        "ReversibleConv3D": "rc3-",
+        "Ensemble": "ens-",
+        "grouped_matmul": "gm-",
+        "sparsify": "sparsify-",
     }
     public = set(keras_tether.layers.__all__) | set(parametrize.__all__)
     public |= set(simplex.__all__) | set(regularizers.__all__)
     public |= set(callbacks.__all__) | set(distribution.__all__)
+    public |= set(kt_ops.__all__) | set(moe.__all__)
     # Without arguments to check, or checked by the rows of their functions.
     argument_free = {
         "SimplexMap",
@@ -1220,17 +1387,9 @@ def test_every_public_constructor_is_in_the_table():
         "serialize",
         "deserialize",
     }
-    # Being removed from the library, and not covered here.
-    leaving = {
-        "DenseTranspose",
-        "TiedDense",
-        "ConvTranspose",
-        "EmbeddingTranspose",
-        "TiedLayer",
-    }
     missing = [
         name
-        for name in sorted(public - argument_free - leaving)
+        for name in sorted(public - argument_free)
         if prefixes.get(name) is None or prefixes[name] not in covered
     ]
     assert not missing, missing

@@ -9,6 +9,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 
 # Weights given to `inverse` may come from a float16 source or a hand-typed
@@ -219,3 +220,28 @@ def get_keras_object(getter, value: object, name: str, kind: str):
             f"Received an invalid value for `{name}`, expected {kind}. "
             f"Received: {name}={value!r}"
         ) from error
+
+
+_IDENTIFIER_KINDS = (
+    ("activation", keras.activations.get, "an activation"),
+    ("_initializer", keras.initializers.get, "an initializer"),
+    ("_regularizer", keras.regularizers.get, "a regularizer"),
+    ("_constraint", keras.constraints.get, "a constraint"),
+)
+
+
+def keras_identifiers(**arguments: object) -> dict[str, object]:
+    """Resolves each Keras identifier argument by its name, naming it on error.
+
+    `activation` and names ending in `activation`, `_initializer`,
+    `_regularizer` or `_constraint` go through the matching Keras `get`.
+    """
+    resolved = {}
+    for name, value in arguments.items():
+        for suffix, getter, kind in _IDENTIFIER_KINDS:
+            if name.endswith(suffix):
+                resolved[name] = get_keras_object(getter, value, name, kind)
+                break
+        else:
+            raise ValueError(f"No Keras identifier kind for argument {name!r}")
+    return resolved

@@ -14,8 +14,10 @@ from keras_tether import simplex as simplex_maps
 from keras_tether._types import Shape, Tensor
 from keras_tether._validation import (
     check_bool,
+    check_optional_int,
     check_positive_int,
     check_positive_number,
+    get_keras_object,
 )
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._router import (
@@ -265,7 +267,9 @@ class MixtureOfExperts(keras.layers.Layer):
         self.top_k = top_k
         self.capacity_factor = capacity_factor
         self.dispatch = dispatch
-        self.activation = keras.activations.get(activation)
+        self.activation = get_keras_object(
+            keras.activations.get, activation, "activation", "an activation"
+        )
         self.gated_linear_unit = gated_linear_unit
         self.use_bias = use_bias
         self.shared_expert_units = shared_expert_units
@@ -279,10 +283,25 @@ class MixtureOfExperts(keras.layers.Layer):
         self.router_noise = router_arguments["router_noise"]
         self.load_balancing_coefficient = router_arguments["load_balancing_coefficient"]
         self.z_loss_coefficient = router_arguments["z_loss_coefficient"]
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-        self.bias_initializer = keras.initializers.get(bias_initializer)
-        self.router_initializer = keras.initializers.get(router_initializer)
-        self.seed = seed
+        self.kernel_initializer = get_keras_object(
+            keras.initializers.get,
+            kernel_initializer,
+            "kernel_initializer",
+            "an initializer",
+        )
+        self.bias_initializer = get_keras_object(
+            keras.initializers.get,
+            bias_initializer,
+            "bias_initializer",
+            "an initializer",
+        )
+        self.router_initializer = get_keras_object(
+            keras.initializers.get,
+            router_initializer,
+            "router_initializer",
+            "an initializer",
+        )
+        self.seed = check_optional_int(seed, "seed")
         self.supports_masking = True
         self.router = make_router(
             num_experts, router_arguments, self.router_initializer, seed
@@ -313,13 +332,13 @@ class MixtureOfExperts(keras.layers.Layer):
             raise ValueError(
                 "The input of the `MixtureOfExperts` layer needs a batch axis and "
                 "a feature axis of known size, shape `(batch, ..., features)`. "
-                f"Received: an input of shape {input_shape}"
+                f"Received: `inputs` of shape {input_shape}"
             )
         if any(size is None for size in input_shape[1:-1]):
             raise ValueError(
                 "The axes between the batch and the feature axis of the input of "
                 "the `MixtureOfExperts` layer must have known sizes (they form "
-                f"the routing group). Received: an input of shape {input_shape}"
+                f"the routing group). Received: `inputs` of shape {input_shape}"
             )
         features = input_shape[-1]
         self.router.build(input_shape)
@@ -402,6 +421,12 @@ class MixtureOfExperts(keras.layers.Layer):
     ) -> Tensor:
         shape = tuple(inputs.shape)
         features = shape[-1]
+        if features is not None and features != self.router.kernel.shape[0]:
+            raise ValueError(
+                f"Layer '{self.name}' (`MixtureOfExperts`) was built for "
+                f"{self.router.kernel.shape[0]} input features, and its `inputs` "
+                f"must keep that last axis. Received: `inputs` of shape {shape}"
+            )
         if len(shape) == 2:
             # A batch of single tokens is one routing group.
             tokens = ops.expand_dims(inputs, 0)

@@ -8,7 +8,7 @@ from typing import Any
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
-from keras_tether._validation import check_bool
+from keras_tether._validation import check_bool, keras_identifiers
 from keras_tether.layers._reversible_sites import CallSites, ReversibleCalls
 
 _DOC = """{rank}D convolution that can also map back with its adjoint.
@@ -320,6 +320,20 @@ def _conv_init(base):
         reverse_bias_constraint=None,
         **kwargs,
     ):
+        identifiers = keras_identifiers(
+            activation=activation,
+            reverse_activation=reverse_activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            reverse_bias_initializer=reverse_bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            reverse_bias_regularizer=reverse_bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
+            reverse_bias_constraint=reverse_bias_constraint,
+        )
         base.__init__(
             self,
             filters=filters,
@@ -328,23 +342,23 @@ def _conv_init(base):
             padding=padding,
             data_format=data_format,
             dilation_rate=dilation_rate,
-            activation=activation,
+            activation=identifiers["activation"],
             use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+            kernel_initializer=identifiers["kernel_initializer"],
+            bias_initializer=identifiers["bias_initializer"],
+            kernel_regularizer=identifiers["kernel_regularizer"],
+            bias_regularizer=identifiers["bias_regularizer"],
+            activity_regularizer=identifiers["activity_regularizer"],
+            kernel_constraint=identifiers["kernel_constraint"],
+            bias_constraint=identifiers["bias_constraint"],
             **kwargs,
         )
         self._reversible_init(
-            reverse_activation,
+            identifiers["reverse_activation"],
             reverse_use_bias,
-            reverse_bias_initializer,
-            reverse_bias_regularizer,
-            reverse_bias_constraint,
+            identifiers["reverse_bias_initializer"],
+            identifiers["reverse_bias_regularizer"],
+            identifiers["reverse_bias_constraint"],
         )
 
     return __init__

@@ -7,7 +7,7 @@ from typing import Any
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
 
-from keras_tether._validation import check_bool
+from keras_tether._validation import check_bool, keras_identifiers
 from keras_tether.layers._reversible_sites import CallSites, ReversibleCalls
 
 
@@ -124,26 +124,40 @@ class ReversibleDense(ReversibleCalls, keras.layers.Dense):
         **kwargs,
     ):
         reverse_use_bias = check_bool(reverse_use_bias, "reverse_use_bias")
-        super().__init__(
-            units,
+        identifiers = keras_identifiers(
             activation=activation,
-            use_bias=use_bias,
+            reverse_activation=reverse_activation,
             kernel_initializer=kernel_initializer,
             bias_initializer=bias_initializer,
+            reverse_bias_initializer=reverse_bias_initializer,
             kernel_regularizer=kernel_regularizer,
             bias_regularizer=bias_regularizer,
+            reverse_bias_regularizer=reverse_bias_regularizer,
             activity_regularizer=activity_regularizer,
             kernel_constraint=kernel_constraint,
             bias_constraint=bias_constraint,
+            reverse_bias_constraint=reverse_bias_constraint,
+        )
+        super().__init__(
+            units,
+            activation=identifiers["activation"],
+            use_bias=use_bias,
+            kernel_initializer=identifiers["kernel_initializer"],
+            bias_initializer=identifiers["bias_initializer"],
+            kernel_regularizer=identifiers["kernel_regularizer"],
+            bias_regularizer=identifiers["bias_regularizer"],
+            activity_regularizer=identifiers["activity_regularizer"],
+            kernel_constraint=identifiers["kernel_constraint"],
+            bias_constraint=identifiers["bias_constraint"],
             lora_rank=lora_rank,
             lora_alpha=lora_alpha,
             **kwargs,
         )
-        self.reverse_activation = activations.get(reverse_activation)
+        self.reverse_activation = identifiers["reverse_activation"]
         self.reverse_use_bias = reverse_use_bias
-        self.reverse_bias_initializer = initializers.get(reverse_bias_initializer)
-        self.reverse_bias_regularizer = regularizers.get(reverse_bias_regularizer)
-        self.reverse_bias_constraint = constraints.get(reverse_bias_constraint)
+        self.reverse_bias_initializer = identifiers["reverse_bias_initializer"]
+        self.reverse_bias_regularizer = identifiers["reverse_bias_regularizer"]
+        self.reverse_bias_constraint = identifiers["reverse_bias_constraint"]
         self._call_sites = CallSites(self)
         self._uses: tuple[str, ...] = ()
 

@@ -15,7 +15,9 @@ from keras_tether._validation import (
     check_bool,
     check_int,
     check_number,
+    check_optional_int,
     check_temperature,
+    get_keras_object,
 )
 
 # Keeps the normalization finite for constant inputs; statistics are float32.
@@ -240,8 +242,13 @@ class WeightedAverage(keras.layers.Layer):
         self.scale = scale
         self.normalize_inputs = normalize_inputs
         self.branch_dropout = float(branch_dropout)
-        self.mixture_regularizer = keras.regularizers.get(mixture_regularizer)
-        self.seed = seed
+        self.mixture_regularizer = get_keras_object(
+            keras.regularizers.get,
+            mixture_regularizer,
+            "mixture_regularizer",
+            "a regularizer",
+        )
+        self.seed = check_optional_int(seed, "seed")
         self.seed_generator = None
         if self.branch_dropout > 0 or isinstance(
             self.simplex, simplex_maps.GumbelSoftmax
@@ -448,8 +455,9 @@ class WeightedAverage(keras.layers.Layer):
         if not isinstance(inputs, list | tuple):
             raise TypeError(
                 "The `WeightedAverage` layer should be called on a list of "
-                f"{self._num_branches} tensors. Received: a single input of "
-                f"shape {tuple(getattr(inputs, 'shape', ()))} (not a list). "
+                f"{self._num_branches} tensors. Received: `inputs` of "
+                f"shape {tuple(getattr(inputs, 'shape', ()))} "
+                "(one tensor, not a list). "
                 "To mix one tensor along an axis, pass `branch_axis`."
             )
         self._check_num_inputs([tuple(x.shape) for x in inputs])
@@ -634,21 +642,21 @@ def _check_input_shapes(input_shape: Any) -> list[tuple]:
     ):
         raise TypeError(
             "The `WeightedAverage` layer should be called on a list of at "
-            "least 2 tensors. Received: a single input of shape "
-            f"{input_shape} (not a list). To mix one tensor along an axis, "
+            "least 2 tensors. Received: `inputs` of shape "
+            f"{input_shape} (one tensor, not a list). To mix one tensor along an axis, "
             "pass `branch_axis`."
         )
     shapes = [tuple(shape) for shape in input_shape]
     if len(shapes) < 2:
         raise ValueError(
             "The `WeightedAverage` layer should be called on a list of at "
-            f"least 2 tensors. Received: {len(shapes)} input(s) of shapes "
-            f"{shapes}"
+            f"least 2 tensors. Received: `inputs` of shapes {shapes} "
+            f"({len(shapes)} tensor)"
         )
     if any(len(shape) == 0 for shape in shapes):
         raise ValueError(
             "Every input of the `WeightedAverage` layer needs a batch axis. "
-            f"Received: inputs of shapes {shapes}"
+            f"Received: `inputs` of shapes {shapes}"
         )
     return shapes
 
@@ -733,7 +741,7 @@ def _broadcast_shape(shapes: list[tuple]) -> tuple:
     if len(batch_sizes) > 1:
         raise ValueError(
             "The inputs of the `WeightedAverage` layer should have the same "
-            f"batch size. Received: inputs of shapes {shapes}"
+            f"batch size. Received: `inputs` of shapes {shapes}"
         )
     width = max(len(shape) for shape in shapes) - 1
     padded = [(1,) * (width + 1 - len(shape)) + shape[1:] for shape in shapes]
@@ -745,7 +753,7 @@ def _broadcast_shape(shapes: list[tuple]) -> tuple:
                 "The inputs of the `WeightedAverage` layer should have shapes "
                 "that broadcast against each other, as in `keras.layers.Add`, "
                 f"but axis {position + 1} has sizes {sorted(known)}. "
-                f"Received: inputs of shapes {shapes}"
+                f"Received: `inputs` of shapes {shapes}"
             )
         if known:
             output.append(known.pop())

@@ -24,6 +24,7 @@ from typing import Any
 import keras
 from keras import ops
 
+from keras_tether._walk import all_layers
 from keras_tether.ops._dropless import combine, sort_assignments
 from keras_tether.ops._grouped_matmul import tiled_product
 
@@ -107,12 +108,8 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
 
 
 def _nested_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
-    """Every layer inside `model`, nested in custom layers included.
-
-    Keras keeps a layer's sub-layers in a private list with no public
-    accessor; `_flatten_layers` is the one function that reads it.
-    """
-    return list(model._flatten_layers(include_self=True, recursive=True))
+    """Every layer inside `model`, nested in custom layers included."""
+    return all_layers(model, include_self=True)
 
 
 def _has_attributes(block: Any, paths: tuple[str, ...]) -> bool:
