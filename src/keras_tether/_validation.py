@@ -224,17 +224,17 @@ def get_keras_object(getter, value: object, name: str, kind: str):
 
 _IDENTIFIER_KINDS = (
     ("activation", keras.activations.get, "an activation"),
-    ("_initializer", keras.initializers.get, "an initializer"),
-    ("_regularizer", keras.regularizers.get, "a regularizer"),
-    ("_constraint", keras.constraints.get, "a constraint"),
+    ("initializer", keras.initializers.get, "an initializer"),
+    ("regularizer", keras.regularizers.get, "a regularizer"),
+    ("constraint", keras.constraints.get, "a constraint"),
 )
 
 
 def keras_identifiers(**arguments: object) -> dict[str, object]:
     """Resolves each Keras identifier argument by its name, naming it on error.
 
-    `activation` and names ending in `activation`, `_initializer`,
-    `_regularizer` or `_constraint` go through the matching Keras `get`.
+    Names ending in `activation`, `initializer`, `regularizer` or `constraint`
+    go through the matching Keras `get`.
     """
     resolved = {}
     for name, value in arguments.items():
