@@ -130,13 +130,15 @@ def run_backend(
     for number, (module, scenario) in enumerate(loaded, start=1):
         name = scenario.__name__.replace("_", " ")
         note(f"{PROGRESS_PREFIX}{backend}: {number}/{len(loaded)} {module}: {name}")
-        comparison = scenario(context)
-        comparisons.append(comparison.details)
-        for row in comparison.rows:
-            row = {"backend": backend, "scenario": module, **row}
-            if quick:
-                row.update(met=None, indicative=True)
-            rows.append(row)
+        result = scenario(context)
+        # A scenario times one comparison, or one per size it covers.
+        for comparison in result if isinstance(result, list) else [result]:
+            comparisons.append(comparison.details)
+            for row in comparison.rows:
+                row = {"backend": backend, "scenario": module, **row}
+                if quick:
+                    row.update(met=None, indicative=True)
+                rows.append(row)
         keras.backend.clear_session()
     return {
         "backend": backend,

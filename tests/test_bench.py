@@ -6,6 +6,7 @@ reports what it claims to measure.
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import math
@@ -128,6 +129,7 @@ def test_quick_run_reports_every_comparison(quick_run):
 
 
 STACKED = "ParallelDense x2 + WeightedAverage(branch_axis=1)"
+ENSEMBLE = "Ensemble(Sequential MLP) + WeightedAverage(branch_axis=1)"
 _TRAINING = "parametrized Dense training step"
 _INFERENCE = "parametrized Dense inference step"
 PARAMETRIZE_ROWS = [
@@ -218,6 +220,64 @@ OTHER_ROWS = {
             0.5,
         ),
         ("gated seed scenario", "GatedAverage", "WeightedAverage", None),
+    ]
+    + (
+        [
+            (
+                "MoE block E=4 k=2",
+                "dropless E=4 k=2 train",
+                "keras_hub E=4 k=2 train",
+                1.0,
+            ),
+            (
+                "MoE block E=4 k=2",
+                "dense E=4 k=2 train",
+                "keras_hub E=4 k=2 train",
+                None,
+            ),
+            (
+                "MoE block E=4 k=2",
+                "dropless E=4 k=2 forward",
+                "keras_hub E=4 k=2 forward",
+                None,
+            ),
+            (
+                "Qwen3-MoE backbone E=4 k=2 forward",
+                "Qwen3MoeBackbone forward, sparsified",
+                "Qwen3MoeBackbone forward",
+                0.6,
+            ),
+        ]
+        if importlib.util.find_spec("keras_hub") is not None
+        else []
+    ),
+    "ensemble": [
+        row
+        for n in (2, 3, 4, 5)
+        for step in ("training", "predict")
+        for row in (
+            (
+                f"ensemble N={n} {step}",
+                ENSEMBLE,
+                f"{n} x Sequential MLP + WeightedAverage",
+                1.0,
+            ),
+            (f"ensemble N={n} {step}", ENSEMBLE, STACKED, None),
+            (
+                f"ensemble N={n} {step}",
+                ENSEMBLE,
+                f"Dense({8 * n}, relu) + Dense(4), the same products unstacked",
+                None,
+            ),
+        )
+    ]
+    + [
+        (
+            "ensemble of 2 CNNs training",
+            "Ensemble of 2 CNNs",
+            "2 separate CNNs",
+            pytest.approx(2 / 3),
+        )
     ],
     "parametrize": [
         (*row, target)
@@ -277,7 +337,7 @@ def test_quick_run_numbers_are_positive_and_consistent(quick_run):
         baseline = np.array(models[row["baseline"]]["round_ms"])
         # A first fit runs once per round in fresh processes, and once in a
         # quick run.
-        rounds = 1 if row["benchmark"].startswith("first fit") else ROUNDS
+        rounds = 1 if "first fit" in row["benchmark"] else ROUNDS
         assert len(ours) == len(baseline) == rounds
         assert np.all(ours > 0) and np.all(baseline > 0)
         assert row["ours_ms"] == pytest.approx(np.median(ours))

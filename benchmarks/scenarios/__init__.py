@@ -68,7 +68,8 @@ class Comparison:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-Scenario = Callable[[Context], Comparison]
+# A scenario times one comparison, or a list of them (one per size).
+Scenario = Callable[[Context], Comparison | list[Comparison]]
 
 
 def load(names: Sequence[str] | None = None) -> list[tuple[str, Scenario]]:

@@ -298,14 +298,13 @@ def _ours_on_the_same_weights(
     return model
 
 
-def keras_hub_blocks(context: Context) -> Comparison:
-    """Dropless MixtureOfExperts against keras-hub's Qwen3-MoE block."""
+def keras_hub_blocks(context: Context) -> list[Comparison]:
+    """Dropless MixtureOfExperts against keras-hub's Qwen3-MoE block, per size."""
     sizes = EXPERTS_QUICK if context.quick else EXPERTS_FULL
     rng = np.random.default_rng(4)
     shape = (sizes.batch, sizes.tokens, sizes.width)
     x, y = tensors([random(shape, rng), random(shape, rng)])
-    rows: list[dict[str, Any]] = []
-    timings: dict[str, Any] = {}
+    comparisons = []
     for experts, top_k, target in sizes.pairs:
         hub, block = _qwen3_block_model(sizes, experts, top_k)
         models = {"keras_hub": hub}
@@ -331,12 +330,12 @@ def keras_hub_blocks(context: Context) -> Comparison:
                 )
             )
         timing = _short(context).time(candidates)
-        timings[f"{experts}_{top_k}"] = timing
         name = f"MoE block E={experts} k={top_k}"
+        rows = []
         for dispatch in ("dropless", "dense"):
             rows.append(
                 make_row(
-                    f"{name} training step, {dispatch}",
+                    name,
                     timing,
                     f"train_{dispatch}",
                     "train_keras_hub",
@@ -346,7 +345,7 @@ def keras_hub_blocks(context: Context) -> Comparison:
             )
         rows.append(
             make_row(
-                f"{name} forward, dropless",
+                name,
                 timing,
                 "forward_dropless",
                 "forward_keras_hub",
@@ -354,20 +353,23 @@ def keras_hub_blocks(context: Context) -> Comparison:
                 target=None,
             )
         )
+        details = {
+            "name": name,
+            "description": (
+                "MixtureOfExperts (dispatch dropless or dense, SiLU gated linear "
+                "units, no biases) against keras-hub's Qwen3SparseMoeBlock on the "
+                "same weights: training step (adam, mse) and forward "
+                "(predict_on_batch), "
+                f"{sizes.batch} x {sizes.tokens} tokens of width {sizes.width}, "
+                f"{experts} experts of {sizes.hidden} hidden units, top-{top_k}"
+            ),
+            "experts": experts,
+            "top_k": top_k,
+            **timing,
+        }
+        comparisons.append(Comparison(details, rows))
         keras.backend.clear_session()
-    details = {
-        "name": "keras-hub MoE block",
-        "description": (
-            "MixtureOfExperts (dispatch dropless or dense, SiLU gated linear "
-            "units, no biases) against keras-hub's Qwen3SparseMoeBlock on the "
-            "same weights: training step (adam, mse) and forward "
-            "(predict_on_batch), "
-            f"{sizes.batch} x {sizes.tokens} tokens of width {sizes.width}, "
-            f"experts of {sizes.hidden} hidden units"
-        ),
-        "timings": timings,
-    }
-    return Comparison(details, rows)
+    return comparisons
 
 
 def sparsified_backbone(context: Context) -> Comparison:
@@ -412,9 +414,10 @@ def sparsified_backbone(context: Context) -> Comparison:
         )
     ]
     timing = _short(context).time(candidates)
+    name = f"Qwen3-MoE backbone E={experts} k={top_k} forward"
     rows = [
         make_row(
-            f"Qwen3-MoE backbone E={experts} k={top_k} forward, sparsified",
+            name,
             timing,
             "sparsified",
             "original",
@@ -423,7 +426,7 @@ def sparsified_backbone(context: Context) -> Comparison:
         )
     ]
     details = {
-        "name": "sparsified keras-hub backbone",
+        "name": name,
         "description": (
             f"Qwen3MoeBackbone ({sizes.backbone_layers} layers, width "
             f"{sizes.width}, {experts} experts, top-{top_k}) forward "
