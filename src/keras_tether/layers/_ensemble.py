@@ -612,7 +612,7 @@ class _PerBranch:
         return vectorized_map(self.function, ops.convert_to_tensor(stack))
 
 
-class _PerBranchRegularizer(_PerBranch):
+class _PerBranchRegularizer(_PerBranch, keras.regularizers.Regularizer):
     def __call__(self, stack: Tensor) -> Tensor:
         return ops.sum(super().__call__(stack))
 

@@ -131,15 +131,17 @@ class ReversibleConv(ReversibleCalls):
         # the channels of each direction instead.
         self.input_spec = keras.InputSpec(ndim=self.rank + 2)
 
-    @property
-    def output_padding(self) -> tuple[int, ...]:
-        """The `output_padding` of the reverse direction's transposed conv.
+    def _reverse_windows(self) -> list[tuple[int, int, int]]:
+        """How the reverse output is cut from a valid transposed convolution.
 
-        One integer per spatial axis: what the forward convolution dropped at
-        the end of that axis, so that the output has the size the layer was
-        built with.
+        A transposed convolution with `padding="valid"` is the exact adjoint
+        of the forward convolution applied to the forward input padded as
+        Keras pads it. For each spatial axis this gives `(before, after,
+        zeros)`: the padding the forward direction added before and after the
+        input, cropped off again, and the input entries past the last window,
+        which no output reads and which come back as zeros.
         """
-        padding = []
+        windows = []
         for axis, size in enumerate(self.input_spatial_shape):
             kernel = self._dilated_kernel_size(axis)
             stride = self.strides[axis]
@@ -152,41 +154,51 @@ class ReversibleConv(ReversibleCalls):
                     "known spatial size (e.g. `keras.Input(shape=(28, 28, 1))`). "
                     f"Received: input_spatial_shape={self.input_spatial_shape}"
                 )
+            if self.padding == "same" and size is None:
+                before = (kernel - 1) // 2
+                windows.append((before, kernel - 1 - before, 0))
+                continue
+            if size is None:
+                before = kernel - 1 if self.padding == "causal" else 0
+                windows.append((before, 0, 0))
+                continue
             if self.padding == "same":
-                steps = 1 if size is None else math.ceil(size / stride)
-                end = stride if size is None else size - (steps - 1) * stride
-                padding.append(end - kernel % 2)
-            elif size is None:
-                padding.append(0)
+                steps = math.ceil(size / stride)
+                before = max((steps - 1) * stride + kernel - size, 0) // 2
+            elif self.padding == "causal":
+                steps, before = (size - 1) // stride + 1, kernel - 1
             else:
-                if self.padding == "causal":
-                    size += kernel - 1
-                padding.append((size - kernel) % stride)
-        return tuple(padding)
+                steps, before = (size - kernel) // stride + 1, 0
+            # The length of Keras' valid transposed convolution.
+            full = (steps - 1) * stride + max(kernel, stride)
+            after = max(full - before - size, 0)
+            windows.append((before, after, size - (full - before - after)))
+        return windows
 
     def call(self, inputs, reverse=False):
         self._call_sites.check(self, inputs)
         if not reverse:
             return super().call(inputs)
         kernel = ops.cast(self.kernel, self.compute_dtype)
-        causal = self.padding == "causal"
         outputs = ops.conv_transpose(
             inputs,
             kernel,
             strides=list(self.strides),
-            padding="valid" if causal else self.padding,
-            output_padding=self.output_padding,
+            padding="valid",
             data_format=self.data_format,
             dilation_rate=list(self.dilation_rate),
         )
-        if causal:
-            # The forward direction padded its input on the left; the adjoint
-            # crops that padding off again.
-            crop = self._dilated_kernel_size(0) - 1
-            if self.data_format == "channels_last":
-                outputs = outputs[:, crop:, :]
-            else:
-                outputs = outputs[:, :, crop:]
+        windows = self._reverse_windows()
+        spatial = [slice(before, -after or None) for before, after, _ in windows]
+        zeros = [(0, extra) for _, _, extra in windows]
+        if self.data_format == "channels_last":
+            outputs = outputs[(slice(None), *spatial, slice(None))]
+            widths = [(0, 0), *zeros, (0, 0)]
+        else:
+            outputs = outputs[(slice(None), slice(None), *spatial)]
+            widths = [(0, 0), (0, 0), *zeros]
+        if any(extra for _, extra in zeros):
+            outputs = ops.pad(outputs, widths)
         if self.reverse_bias is not None:
             if self.data_format == "channels_last":
                 bias_shape = (1,) * (self.rank + 1) + (-1,)
@@ -204,21 +216,17 @@ class ReversibleConv(ReversibleCalls):
             spatial = tuple(input_shape[1:-1])
         else:
             spatial = tuple(input_shape[2:])
+        self._reverse_windows()  # refuses a size it cannot restore
         sizes = []
-        for axis, (size, extra) in enumerate(
-            zip(spatial, self.output_padding, strict=True)
+        for axis, (size, built) in enumerate(
+            zip(spatial, self.input_spatial_shape, strict=True)
         ):
-            if size is None:
-                sizes.append(None)
-                continue
-            kernel = self._dilated_kernel_size(axis)
-            stride = self.strides[axis]
-            if self.padding == "same":
-                sizes.append((size - 1) * stride + kernel % 2 + extra)
-            elif self.padding == "causal":
-                sizes.append((size - 1) * stride + 1 + extra)
+            if built is not None or size is None:
+                sizes.append(built)
+            elif self.padding == "valid":
+                sizes.append(size + self._dilated_kernel_size(axis) - 1)
             else:
-                sizes.append((size - 1) * stride + kernel + extra)
+                sizes.append(size)
         if self.data_format == "channels_last":
             return (input_shape[0], *sizes, self.input_channels)
         return (input_shape[0], self.input_channels, *sizes)

@@ -651,7 +651,7 @@ def _check_input_shapes(input_shape: Any) -> list[tuple]:
         raise ValueError(
             "The `WeightedAverage` layer should be called on a list of at "
             f"least 2 tensors. Received: `inputs` of shapes {shapes} "
-            f"({len(shapes)} tensor)"
+            f"({len(shapes)} input)"
         )
     if any(len(shape) == 0 for shape in shapes):
         raise ValueError(
