@@ -17,7 +17,7 @@ from keras_tether._validation import (
     check_optional_int,
     check_positive_int,
     check_positive_number,
-    get_keras_object,
+    keras_identifiers,
 )
 from keras_tether.layers._parallel_dense import ParallelDense
 from keras_tether.layers._router import (
@@ -267,9 +267,13 @@ class MixtureOfExperts(keras.layers.Layer):
         self.top_k = top_k
         self.capacity_factor = capacity_factor
         self.dispatch = dispatch
-        self.activation = get_keras_object(
-            keras.activations.get, activation, "activation", "an activation"
+        identifiers = keras_identifiers(
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            router_initializer=router_initializer,
         )
+        self.activation = identifiers["activation"]
         self.gated_linear_unit = gated_linear_unit
         self.use_bias = use_bias
         self.shared_expert_units = shared_expert_units
@@ -283,24 +287,9 @@ class MixtureOfExperts(keras.layers.Layer):
         self.router_noise = router_arguments["router_noise"]
         self.load_balancing_coefficient = router_arguments["load_balancing_coefficient"]
         self.z_loss_coefficient = router_arguments["z_loss_coefficient"]
-        self.kernel_initializer = get_keras_object(
-            keras.initializers.get,
-            kernel_initializer,
-            "kernel_initializer",
-            "an initializer",
-        )
-        self.bias_initializer = get_keras_object(
-            keras.initializers.get,
-            bias_initializer,
-            "bias_initializer",
-            "an initializer",
-        )
-        self.router_initializer = get_keras_object(
-            keras.initializers.get,
-            router_initializer,
-            "router_initializer",
-            "an initializer",
-        )
+        self.kernel_initializer = identifiers["kernel_initializer"]
+        self.bias_initializer = identifiers["bias_initializer"]
+        self.router_initializer = identifiers["router_initializer"]
         self.seed = check_optional_int(seed, "seed")
         self.supports_masking = True
         self.router = make_router(

@@ -15,7 +15,7 @@ from keras_tether._validation import (
     check_bool,
     check_positive_int,
     check_positive_number,
-    get_keras_object,
+    keras_identifiers,
 )
 
 # Seeds handed to per-branch initializers stay in int32's positive range,
@@ -172,13 +172,19 @@ class ParallelDense(keras.layers.Layer):
             lora_rank = check_positive_int(lora_rank, "lora_rank")
         if lora_alpha is not None:
             lora_alpha = check_positive_number(lora_alpha, "lora_alpha")
-        activity_regularizer = get_keras_object(
-            keras.regularizers.get,
-            activity_regularizer,
-            "activity_regularizer",
-            "a regularizer",
+        identifiers = keras_identifiers(
+            activation=activation,
+            kernel_initializer=kernel_initializer,
+            bias_initializer=bias_initializer,
+            kernel_regularizer=kernel_regularizer,
+            bias_regularizer=bias_regularizer,
+            activity_regularizer=activity_regularizer,
+            kernel_constraint=kernel_constraint,
+            bias_constraint=bias_constraint,
         )
-        super().__init__(activity_regularizer=activity_regularizer, **kwargs)
+        super().__init__(
+            activity_regularizer=identifiers.pop("activity_regularizer"), **kwargs
+        )
         if self.quantization_mode is not None:
             raise ValueError(
                 "`ParallelDense` does not support quantization. Received: "
@@ -187,43 +193,14 @@ class ParallelDense(keras.layers.Layer):
             )
         self.units = units
         self.branches = branches
-        self.activation = get_keras_object(
-            keras.activations.get, activation, "activation", "an activation"
-        )
+        self.activation = identifiers["activation"]
         self.use_bias = use_bias
-        self.kernel_initializer = get_keras_object(
-            keras.initializers.get,
-            kernel_initializer,
-            "kernel_initializer",
-            "an initializer",
-        )
-        self.bias_initializer = get_keras_object(
-            keras.initializers.get,
-            bias_initializer,
-            "bias_initializer",
-            "an initializer",
-        )
-        self.kernel_regularizer = get_keras_object(
-            keras.regularizers.get,
-            kernel_regularizer,
-            "kernel_regularizer",
-            "a regularizer",
-        )
-        self.bias_regularizer = get_keras_object(
-            keras.regularizers.get,
-            bias_regularizer,
-            "bias_regularizer",
-            "a regularizer",
-        )
-        self.kernel_constraint = get_keras_object(
-            keras.constraints.get,
-            kernel_constraint,
-            "kernel_constraint",
-            "a constraint",
-        )
-        self.bias_constraint = get_keras_object(
-            keras.constraints.get, bias_constraint, "bias_constraint", "a constraint"
-        )
+        self.kernel_initializer = identifiers["kernel_initializer"]
+        self.bias_initializer = identifiers["bias_initializer"]
+        self.kernel_regularizer = identifiers["kernel_regularizer"]
+        self.bias_regularizer = identifiers["bias_regularizer"]
+        self.kernel_constraint = identifiers["kernel_constraint"]
+        self.bias_constraint = identifiers["bias_constraint"]
         self.per_branch_inputs = per_branch_inputs
         self.lora_rank = lora_rank
         self.lora_alpha = lora_alpha if lora_alpha is not None else lora_rank

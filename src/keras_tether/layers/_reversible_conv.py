@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import keras
 from keras import activations, constraints, initializers, ops, regularizers
@@ -241,26 +240,6 @@ class ReversibleConv(ReversibleCalls):
         # Like Keras' convolutions: a mask does not survive the change of
         # spatial size.
         return None
-
-    def get_config(self) -> dict[str, Any]:
-        self._call_sites.check_config(self)
-        config = super().get_config()
-        config.update(
-            {
-                "reverse_activation": activations.serialize(self.reverse_activation),
-                "reverse_use_bias": self.reverse_use_bias,
-                "reverse_bias_initializer": initializers.serialize(
-                    self.reverse_bias_initializer
-                ),
-                "reverse_bias_regularizer": regularizers.serialize(
-                    self.reverse_bias_regularizer
-                ),
-                "reverse_bias_constraint": constraints.serialize(
-                    self.reverse_bias_constraint
-                ),
-            }
-        )
-        return config
 
     # The reverse bias is stored after what a Keras convolution stores, so
     # the entries of a plain convolution keep their places.

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import keras
-from keras import activations, constraints, initializers, ops, regularizers
+from keras import ops
 
 from keras_tether._validation import check_bool, keras_identifiers
 from keras_tether.layers._reversible_sites import CallSites, ReversibleCalls
@@ -229,26 +227,6 @@ class ReversibleDense(ReversibleCalls, keras.layers.Dense):
             self.compute_output_shape(inputs.shape, reverse=reverse),
             dtype=self.compute_dtype,
         )
-
-    def get_config(self) -> dict[str, Any]:
-        self._call_sites.check_config(self)
-        config = super().get_config()
-        config.update(
-            {
-                "reverse_activation": activations.serialize(self.reverse_activation),
-                "reverse_use_bias": self.reverse_use_bias,
-                "reverse_bias_initializer": initializers.serialize(
-                    self.reverse_bias_initializer
-                ),
-                "reverse_bias_regularizer": regularizers.serialize(
-                    self.reverse_bias_regularizer
-                ),
-                "reverse_bias_constraint": constraints.serialize(
-                    self.reverse_bias_constraint
-                ),
-            }
-        )
-        return config
 
     @property
     def variable_serialization_spec(self):

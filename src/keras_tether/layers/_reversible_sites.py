@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import inspect
 import weakref
+from typing import Any
 
 import keras
+from keras import activations, constraints, initializers, regularizers
 
 _GRAPH = "graph"
 
@@ -152,7 +154,8 @@ class CallSites:
 class ReversibleCalls:
     """What every reversible layer does on a call, before Keras' `__call__`.
 
-    Mixed in before the Keras layer class. The subclass sets
+    Mixed in before the Keras layer class; it also adds the reverse
+    direction's arguments to the config. The subclass sets
     `self._call_sites = CallSites(self)` in its `__init__`, defines
     `_check_features(inputs, reverse)`, and checks its call sites at the
     start of `call` too: wrappers such as `TimeDistributed` call `call`
@@ -187,3 +190,23 @@ class ReversibleCalls:
     def uses(self) -> tuple[str, ...]:
         """The directions this layer has been called in, in order."""
         return self._uses
+
+    def get_config(self) -> dict[str, Any]:
+        self._call_sites.check_config(self)
+        config = super().get_config()
+        config.update(
+            {
+                "reverse_activation": activations.serialize(self.reverse_activation),
+                "reverse_use_bias": self.reverse_use_bias,
+                "reverse_bias_initializer": initializers.serialize(
+                    self.reverse_bias_initializer
+                ),
+                "reverse_bias_regularizer": regularizers.serialize(
+                    self.reverse_bias_regularizer
+                ),
+                "reverse_bias_constraint": constraints.serialize(
+                    self.reverse_bias_constraint
+                ),
+            }
+        )
+        return config
