@@ -45,6 +45,24 @@ CASES = [
         (5, 4, 5, 1),
         {"kernel_size": 2, "strides": 2, "padding": "same"},
     ),
+    # Sizes that are multiples of the strides, under "same" padding.
+    (ReversibleConv1D, (8, 2), {"kernel_size": 4, "strides": 2, "padding": "same"}),
+    (ReversibleConv2D, (8, 6, 2), {"kernel_size": 3, "strides": 2, "padding": "same"}),
+    (
+        ReversibleConv2D,
+        (2, 8, 6),
+        {
+            "kernel_size": 3,
+            "strides": (2, 3),
+            "padding": "same",
+            "data_format": "channels_first",
+        },
+    ),
+    (
+        ReversibleConv3D,
+        (4, 4, 2, 1),
+        {"kernel_size": 3, "strides": 2, "padding": "same"},
+    ),
 ]
 
 
