@@ -277,7 +277,13 @@ OTHER_ROWS = {
             "Ensemble of 2 CNNs",
             "2 separate CNNs",
             pytest.approx(2 / 3),
-        )
+        ),
+        (
+            "ensemble of 2 CNNs training",
+            "Ensemble of 2 CNNs",
+            "one CNN on 2x the batch",
+            None,
+        ),
     ],
     "parametrize": [
         (*row, target)

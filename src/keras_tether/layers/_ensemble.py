@@ -40,8 +40,36 @@ def vectorized_map(function: Callable, elements: Any) -> Any:
         import torch
 
         elements = keras.tree.map_structure(ops.convert_to_tensor, elements)
-        return torch.vmap(function, randomness="different")(elements)
+        with _layout_queries_answered():
+            return torch.vmap(function, randomness="different")(elements)
     return ops.vectorized_map(function, elements)
+
+
+def _layout_queries_answered() -> Any:
+    """A torch function mode in which memory-layout queries answer yes.
+
+    Keras' torch convolutions (from Keras 3.14) ask whether their operands
+    are laid out channels-last, `tensor.is_contiguous(memory_format=...)`,
+    to convert them if not; torch.vmap has no rule for that query and
+    raises. The layout changes only the speed of the convolution, never
+    its result, so under `Ensemble`'s map the answer is yes: the operands
+    stay as they are, and every branch is batched.
+    """
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    plain = torch.contiguous_format
+
+    class LayoutQueriesAnswered(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            if func is torch.Tensor.is_contiguous:
+                layout = args[1] if len(args) > 1 else kwargs.get("memory_format")
+                if layout not in (None, plain):
+                    return True
+            return func(*args, **kwargs)
+
+    return LayoutQueriesAnswered()
 
 
 def _loop_map(function: Callable, elements: Any) -> Any:
@@ -427,8 +455,8 @@ class Ensemble(keras.layers.Layer):
             return vectorized_map(function, elements)
         except RuntimeError as error:
             # torch.vmap has no batching rule for some operations that Keras'
-            # torch backend uses (the memory-format query of its convolutions,
-            # `.item()` in seeded random draws); TensorFlow's vectorized map
+            # torch backend uses (`.item()` in seeded random draws);
+            # TensorFlow's vectorized map
             # likewise falls back to a loop for operations it cannot batch.
             if keras.backend.backend() != "torch" or "vmap" not in str(error):
                 raise
