@@ -25,6 +25,8 @@ BASELINE_KINDS = {
     "(another map, no cache)",
     "matrix-floor": "the same matrix products as plain full-width Dense layers "
     "with no branch structure: not the same model, a floor on the step time",
+    "batch-floor": "one copy of the model on N times the batch: the same work "
+    "with no branch structure, a floor on the step time",
 }
 
 _NUMBER = {"type": "number", "exclusiveMinimum": 0}

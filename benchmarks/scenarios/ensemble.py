@@ -249,13 +249,20 @@ def cnn_members(context: Context) -> Comparison:
     ensemble = keras.Model(
         inputs, Ensemble.from_models(separate_models)(inputs), name="ensemble"
     )
+    # The floor: one CNN doing the members' work as one batch, members times
+    # as large, with no branch structure at all.
+    floor = _cnn(sizes)
+    x_floor, y_floor = tensors(
+        [np.tile(images, (members, 1, 1, 1)), np.tile(labels, (members, 1))]
+    )
     candidates = []
-    for key, label, model in (
-        ("ensemble", f"Ensemble of {members} CNNs", ensemble),
-        ("separate", f"{members} separate CNNs", separate),
+    for key, label, model, data in (
+        ("ensemble", f"Ensemble of {members} CNNs", ensemble, (x, y)),
+        ("separate", f"{members} separate CNNs", separate, (x, y)),
+        ("floor", f"one CNN on {members}x the batch", floor, (x_floor, y_floor)),
     ):
         _compile(model)
-        candidates.append(Candidate(key, label, model, train_step(model, x, y)))
+        candidates.append(Candidate(key, label, model, train_step(model, *data)))
     timing = context.time(candidates)
     name = f"ensemble of {members} CNNs training"
     details = {
@@ -264,7 +271,8 @@ def cnn_members(context: Context) -> Comparison:
             f"{members} CNNs (Conv2D {sizes.cnn_filters} filters, "
             "BatchNormalization, max pooling, Dropout 0.25, Dense 10) on 8x8 "
             "digits, each trained on the labels: one Ensemble against "
-            "separate models, training step (train_on_batch, adam, cross-entropy)"
+            "separate models and the floor (one CNN on a batch members times "
+            "as large), training step (train_on_batch, adam, cross-entropy)"
         ),
         "branches": members,
         "batch_size": sizes.cnn_batch,
@@ -278,7 +286,15 @@ def cnn_members(context: Context) -> Comparison:
             "separate",
             baseline_kind="keras-layers",
             target=CNN_TARGET,
-        )
+        ),
+        make_row(
+            name,
+            timing,
+            "ensemble",
+            "floor",
+            baseline_kind="batch-floor",
+            target=None,
+        ),
     ]
     return Comparison(details, rows)
 
