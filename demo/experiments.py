@@ -637,8 +637,9 @@ def _deep_ensemble(results: _Results, x_train, y_train, x_test, y_test) -> None:
     # The output is (batch, members, 10): with the labels repeated along the
     # member axis, the loss is the mean over the members of each member's
     # cross-entropy, and each member's gradient reaches only its own weights.
-    # Adam's steps do not depend on the scale of a gradient, so the factor
-    # 1/members slows no member down: each trains as if alone.
+    # Adam's steps do not depend on the scale of a gradient (but for its
+    # epsilon), so the factor 1/members slows no member down: each trains as
+    # if alone.
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),

@@ -128,16 +128,18 @@ MIRRORED_SCRIPT = textwrap.dedent(
     twice_x = halves_x.reshape(-1, 6)
     twice_y = halves_y.reshape(-1, BRANCHES, 3)
 
-    def template():
+    def template(synchronized=False):
         return keras.Sequential([
             keras.layers.Dense(5, activation="tanh"),
-            keras.layers.BatchNormalization(momentum=0.5),
+            keras.layers.BatchNormalization(momentum=0.5, synchronized=synchronized),
             keras.layers.Dense(3),
         ], name="member")
 
-    def ensemble_model():
+    def ensemble_model(synchronized=False):
         inputs = keras.Input((6,))
-        members = Ensemble(template(), branches=BRANCHES, seed=0, name="members")
+        members = Ensemble(
+            template(synchronized), branches=BRANCHES, seed=0, name="members"
+        )
         return keras.Model(inputs, members(inputs))
 
     def separate_model(copies):
@@ -196,9 +198,30 @@ MIRRORED_SCRIPT = textwrap.dedent(
         mirrored.set_weights(start)
     train(mirrored, x, y)
     train(separate, x, y)
+    mirrored_plain = branch_weights(mirrored)
     report["separate_difference"] = difference(
-        branch_weights(mirrored),
+        mirrored_plain,
         [keras.ops.convert_to_numpy(w) for copy in copies for w in copy.weights],
+    )
+    # A synchronized batch normalization normalizes every replica by the
+    # whole batch's statistics: on any batches, the one-device run again.
+    synchronized_one_device = ensemble_model(synchronized=True)
+    synchronized_one_device.set_weights(start)
+    train(synchronized_one_device, x, y)
+    with strategy.scope():
+        mirrored = ensemble_model(synchronized=True)
+        mirrored.set_weights(start)
+    train(mirrored, x, y)
+    report["synchronized_difference"] = difference(
+        branch_weights(synchronized_one_device), branch_weights(mirrored)
+    )
+    report["synchronized_moved"] = difference(
+        branch_weights(mirrored), start_branches
+    )
+    # Without synchronizing, each replica's statistics are its half's: the
+    # batches here are ones on which that makes a difference.
+    report["unsynchronized_difference"] = difference(
+        branch_weights(synchronized_one_device), mirrored_plain
     )
     print("REPORT" + json.dumps(report))
     """
@@ -230,6 +253,9 @@ def test_mirrored_strategy_trains_as_on_one_device():
     assert report["moved"] > 1e-2, report
     assert report["difference"] < 1e-5, report
     assert report["separate_difference"] < 1e-5, report
+    assert report["synchronized_moved"] > 1e-2, report
+    assert report["synchronized_difference"] < 1e-5, report
+    assert report["unsynchronized_difference"] > 1e-3, report
     # Each branch's moving statistics left their initial 0 and 1, and each
     # branch has its own.
     moving_mean = np.array(report["moving_mean"])
