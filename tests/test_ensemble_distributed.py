@@ -208,6 +208,14 @@ MIRRORED_SCRIPT = textwrap.dedent(
     synchronized_one_device = ensemble_model(synchronized=True)
     synchronized_one_device.set_weights(start)
     train(synchronized_one_device, x, y)
+    # On one device there is nothing to synchronize: the branches, run one
+    # after another, train as the vectorized ones do.
+    plain_one_device = ensemble_model()
+    plain_one_device.set_weights(start)
+    train(plain_one_device, x, y)
+    report["synchronized_one_device_difference"] = difference(
+        branch_weights(synchronized_one_device), branch_weights(plain_one_device)
+    )
     with strategy.scope():
         mirrored = ensemble_model(synchronized=True)
         mirrored.set_weights(start)
@@ -255,6 +263,7 @@ def test_mirrored_strategy_trains_as_on_one_device():
     assert report["separate_difference"] < 1e-5, report
     assert report["synchronized_moved"] > 1e-2, report
     assert report["synchronized_difference"] < 1e-5, report
+    assert report["synchronized_one_device_difference"] < 1e-5, report
     assert report["unsynchronized_difference"] > 1e-3, report
     # Each branch's moving statistics left their initial 0 and 1, and each
     # branch has its own.
