@@ -12,9 +12,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m demo",
         description=(
-            "Run three small experiments on scikit-learn's 8x8 digits: a "
+            "Run four small experiments on scikit-learn's 8x8 digits: a "
             "learned mixture of three branches, a tied autoencoder against an "
-            "untied one, and 16 stacked MLPs against 16 separate ones; write "
+            "untied one, 16 stacked MLPs against 16 separate ones, and a deep "
+            "ensemble of 8 CNNs as one Ensemble layer against one member; write "
             "report.md, results.json and PNG plots. Needs the 'demo' extra: "
             "pip install 'keras-tether[demo]'."
         ),

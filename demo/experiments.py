@@ -1,6 +1,6 @@
-"""keras-tether's demo (`make demo`): mixtures, tied weights and stacked branches.
+"""keras-tether's demo (`make demo`): mixtures, ties, stacked branches, ensembles.
 
-Three small experiments on scikit-learn's 8x8 digits, which ship with the
+Four small experiments on scikit-learn's 8x8 digits, which ship with the
 package, so the demo runs offline:
 
 - Mixing: three branches see the left half of each image, the right half, and
@@ -17,6 +17,12 @@ package, so the demo runs offline:
   the same batches in the same order; the demo reports the test accuracy of
   each, which agree up to float rounding, the time to the first training
   step (tracing and compiling) and the time per epoch.
+- Deep ensemble: 8 small CNNs (with batch normalization and dropout) trained
+  as one `Ensemble` layer, each member on its own cross-entropy. The demo
+  reports the test accuracy, negative log-likelihood and expected
+  calibration error of the ensemble (the mean of the members' probabilities)
+  against a single member, and the training time against the same 8 CNNs
+  trained as 8 separate models, one after another.
 
 `run` writes `report.md`, `results.json` and PNG plots to the output folder.
 It needs matplotlib and scikit-learn (the `demo` extra), imported only when it
@@ -39,7 +45,7 @@ from keras import ops
 
 from demo.progress import Counter
 from keras_tether.callbacks import MixtureWeightsHistory
-from keras_tether.layers import ParallelDense, WeightedAverage
+from keras_tether.layers import Ensemble, ParallelDense, WeightedAverage
 from keras_tether.ties import tied_autoencoder
 
 SEED = 1337
@@ -55,6 +61,19 @@ DEFAULT_ENSEMBLE_EPOCHS = 20
 ENSEMBLE_BRANCHES = 16
 ENSEMBLE_UNITS = 32
 ENSEMBLE_FORMS = ("separate", "stacked")
+DEFAULT_DEEP_ENSEMBLE_EPOCHS = 20
+DEEP_ENSEMBLE_MEMBERS = 8
+CNN_FILTERS = 16
+CALIBRATION_BINS = 10
+# The rows of the deep-ensemble table, in order.
+DEEP_ENSEMBLE_PREDICTORS = ("ensemble", "member_0", "member_mean", "separate")
+DEEP_ENSEMBLE_FORMS = ("ensemble", "separate")
+_DEEP_ENSEMBLE_LABELS = {
+    "ensemble": f"ensemble: mean of the {DEEP_ENSEMBLE_MEMBERS} members' probabilities",
+    "member_0": "member 0 alone",
+    "member_mean": f"one member alone, mean over the {DEEP_ENSEMBLE_MEMBERS}",
+    "separate": f"{DEEP_ENSEMBLE_MEMBERS} separate models: mean of their probabilities",
+}
 
 
 class _FreshNoise(keras.layers.Layer):
@@ -137,19 +156,27 @@ class _Results:
     first_step_seconds: dict[str, float] = field(default_factory=dict)
     first_epoch_seconds: dict[str, float] = field(default_factory=dict)
     epoch_seconds: dict[str, float | None] = field(default_factory=dict)
+    deep_ensemble_epochs: int = DEFAULT_DEEP_ENSEMBLE_EPOCHS
+    # By predictor (`DEEP_ENSEMBLE_PREDICTORS`): accuracy, nll and ece.
+    deep_ensemble_scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    deep_ensemble_members: list[dict[str, float]] = field(default_factory=list)
+    deep_ensemble_parameters: int = 0
+    deep_ensemble_training_seconds: dict[str, float] = field(default_factory=dict)
+    deep_ensemble_epoch_seconds: dict[str, float | None] = field(default_factory=dict)
+    deep_ensemble_to_models_difference: float = 0.0
     seconds: float = 0.0
 
 
 def run(out_dir: str, epochs: int | None = None) -> int:
-    """Runs the three experiments, prints their tables and writes the report.
+    """Runs the four experiments, prints their tables and writes the report.
 
     Args:
         out_dir: String, the folder for `report.md`, `results.json` and the
             PNG plots; created if missing.
         epochs: Optional positive integer, the training epochs of every model.
             Defaults to `None`: 40 for the classifiers, 60 for the
-            autoencoders and 20 for the ensembles, which takes about a
-            minute on a two-core CPU.
+            autoencoders, 20 for the stacked ensembles and 20 for the deep
+            ensembles.
 
     Returns:
         The process exit code: 0 on success, 1 if an optional dependency is
@@ -181,6 +208,7 @@ def run(out_dir: str, epochs: int | None = None) -> int:
         mixing_epochs=epochs or DEFAULT_MIXING_EPOCHS,
         autoencoder_epochs=epochs or DEFAULT_AUTOENCODER_EPOCHS,
         ensemble_epochs=epochs or DEFAULT_ENSEMBLE_EPOCHS,
+        deep_ensemble_epochs=epochs or DEFAULT_DEEP_ENSEMBLE_EPOCHS,
     )
     print(f"keras-tether demo on the {keras.backend.backend()} backend", flush=True)
     x_train, x_test, y_train, y_test = _load_digits()
@@ -192,6 +220,7 @@ def run(out_dir: str, epochs: int | None = None) -> int:
         _mixing(results, x_train, y_train, x_test, y_test)
         reconstructions = _tying(results, x_train, x_test)
         _stacking(results, x_train, y_train, x_test, y_test)
+        _deep_ensemble(results, x_train, y_train, x_test, y_test)
     results.seconds = time.perf_counter() - started
     _plot_mixture_weights(results, os.path.join(out_dir, "mixture_weights.png"))
     _plot_reconstructions(
@@ -208,6 +237,10 @@ def run(out_dir: str, epochs: int | None = None) -> int:
     print(_tying_table(results))
     print()
     print(_stacking_table(results))
+    print()
+    print(_deep_ensemble_table(results))
+    print()
+    print(_deep_ensemble_times_table(results))
     print(f"\nreport, results and plots written to {out_dir}", flush=True)
     return 0
 
@@ -506,6 +539,205 @@ def _stacking(results: _Results, x_train, y_train, x_test, y_test) -> None:
     )
 
 
+def _cnn() -> keras.Model:
+    """One member of the deep ensemble: a small CNN that gives 10 logits."""
+    # channels_first: torch.vmap batches this convolution, not the
+    # channels_last one of Keras' torch backend (the ensemble would then run
+    # its members one after another).
+    layout = "channels_first"
+    inputs = keras.Input(shape=(1, IMAGE_SIZE, IMAGE_SIZE), name="image")
+    x = keras.layers.Conv2D(
+        CNN_FILTERS, 3, padding="same", activation="relu", data_format=layout
+    )(inputs)
+    x = keras.layers.BatchNormalization(axis=1)(x)
+    x = keras.layers.MaxPooling2D(data_format=layout)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dropout(0.25)(x)
+    return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
+
+
+def _cnn_sizes() -> str:
+    return (
+        f"Conv2D({CNN_FILTERS}, 3, relu) -> BatchNormalization -> MaxPooling2D "
+        "-> Flatten -> Dropout(0.25) -> Dense(10)"
+    )
+
+
+def _log_probabilities(logits: np.ndarray) -> np.ndarray:
+    """Log-softmax over the last axis, in float64."""
+    logits = np.asarray(logits, dtype="float64")
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _expected_calibration_error(
+    probabilities: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS
+) -> float:
+    """The expected calibration error of class probabilities, in [0, 1].
+
+    Each prediction's confidence (its largest probability) falls in one of
+    `bins` equal-width intervals (0, 1/bins], ..., ((bins-1)/bins, 1]. In
+    each interval, the gap between the accuracy and the mean confidence of
+    its predictions is weighted by the share of predictions it holds; the
+    error is the sum of these.
+    """
+    confidence = probabilities.max(axis=-1)
+    correct = probabilities.argmax(axis=-1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    # right=True: a confidence on an edge belongs to the interval it closes.
+    index = np.clip(np.digitize(confidence, edges, right=True) - 1, 0, bins - 1)
+    error = 0.0
+    for interval in range(bins):
+        inside = index == interval
+        if inside.any():
+            gap = abs(correct[inside].mean() - confidence[inside].mean())
+            error += inside.mean() * gap
+    return float(error)
+
+
+def _scores(log_probabilities: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Test accuracy, negative log-likelihood and calibration error."""
+    probabilities = np.exp(log_probabilities)
+    likelihood = log_probabilities[np.arange(len(labels)), labels]
+    return {
+        "accuracy": float(np.mean(probabilities.argmax(axis=-1) == labels)),
+        "nll": float(-np.mean(likelihood)),
+        "ece": _expected_calibration_error(probabilities, labels),
+    }
+
+
+def _mean_probabilities(member_log_probabilities: np.ndarray) -> np.ndarray:
+    """The log of the members' mean probabilities; the member axis is 1."""
+    members = member_log_probabilities.shape[1]
+    peak = member_log_probabilities.max(axis=1, keepdims=True)
+    total = np.exp(member_log_probabilities - peak).sum(axis=1, keepdims=True)
+    return (peak + np.log(total / members))[:, 0]
+
+
+def _deep_ensemble(results: _Results, x_train, y_train, x_test, y_test) -> None:
+    epochs = results.deep_ensemble_epochs
+    members = DEEP_ENSEMBLE_MEMBERS
+    print(
+        f"\ndeep ensemble: {members} CNNs ({_cnn_sizes()}) as one Ensemble and "
+        f"as {members} separate models ({_epochs(epochs)})",
+        flush=True,
+    )
+    # Whole batches, in the order train_test_split left them, as in the
+    # stacking experiment: both forms see the same batches in the same order.
+    count = len(x_train) // BATCH_SIZE * BATCH_SIZE
+    images_train = x_train[:count, None]
+    labels_train = y_train[:count]
+    images_test = x_test[:, None]
+    inputs = keras.Input(shape=(1, IMAGE_SIZE, IMAGE_SIZE), name="image")
+    ensemble = Ensemble(_cnn(), branches=members, seed=SEED, name="members")
+    model = keras.Model(inputs, ensemble(inputs), name="deep_ensemble")
+    # The separate models start as the ensemble's members do.
+    separate = ensemble.to_models()
+    results.deep_ensemble_parameters = int(model.count_params())
+    # The output is (batch, members, 10): with the labels repeated along the
+    # member axis, the loss is the mean over the members of each member's
+    # cross-entropy, and each member's gradient reaches only its own weights.
+    # Adam's steps do not depend on the scale of a gradient (but for its
+    # epsilon), so the factor 1/members slows no member down: each trains as
+    # if alone.
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    member_labels = np.repeat(labels_train[:, None], members, axis=1)
+    label = f"Ensemble(cnn, branches={members})"
+    stopwatches = _fit_timed(label, [model], images_train, member_labels, epochs)
+    _record_times(results, "ensemble", stopwatches)
+    for copy in separate:
+        copy.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
+    label = f"{members} separate CNNs, one after another"
+    stopwatches = _fit_timed(label, separate, images_train, labels_train, epochs)
+    _record_times(results, "separate", stopwatches)
+
+    logits = model.predict(images_test, batch_size=512, verbose=0)
+    # The way back: each member as a model of its own computes what the
+    # ensemble computes for it.
+    results.deep_ensemble_to_models_difference = max(
+        float(np.max(np.abs(copy.predict(images_test, verbose=0) - logits[:, n])))
+        for n, copy in enumerate(ensemble.to_models())
+    )
+    member_log_probabilities = _log_probabilities(logits)
+    results.deep_ensemble_members = [
+        _scores(member_log_probabilities[:, n], y_test) for n in range(members)
+    ]
+    separate_logits = np.stack(
+        [copy.predict(images_test, batch_size=512, verbose=0) for copy in separate],
+        axis=1,
+    )
+    member_scores = results.deep_ensemble_members
+    results.deep_ensemble_scores = {
+        "ensemble": _scores(_mean_probabilities(member_log_probabilities), y_test),
+        "member_0": member_scores[0],
+        "member_mean": {
+            key: float(np.mean([scores[key] for scores in member_scores]))
+            for key in member_scores[0]
+        },
+        "separate": _scores(
+            _mean_probabilities(_log_probabilities(separate_logits)), y_test
+        ),
+    }
+    for name in ("ensemble", "member_0"):
+        scores = results.deep_ensemble_scores[name]
+        print(
+            f"    {_DEEP_ENSEMBLE_LABELS[name]}: test accuracy "
+            f"{scores['accuracy']:.3f}, NLL {scores['nll']:.3f}, "
+            f"ECE {scores['ece']:.3f}",
+            flush=True,
+        )
+
+
+def _fit_timed(label: str, models, x, y, epochs) -> list[_Stopwatch]:
+    """Fits each model in turn on the same batches, with one line of progress."""
+    print(f"  training {label} ...", end="", flush=True)
+    counter = Counter("epochs", epochs * len(models))
+    stopwatches = []
+    started = time.perf_counter()
+    try:
+        for done, model in enumerate(models):
+            stopwatch = _Stopwatch(time.perf_counter())
+            stopwatches.append(stopwatch)
+
+            def show(epoch, logs=None, done=done):
+                counter.update(done * epochs + epoch + 1)
+
+            model.fit(
+                x,
+                y,
+                epochs=epochs,
+                batch_size=BATCH_SIZE,
+                shuffle=False,
+                verbose=0,
+                callbacks=[
+                    stopwatch,
+                    keras.callbacks.LambdaCallback(on_epoch_end=show),
+                ],
+            )
+    finally:
+        counter.close()
+    print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
+    return stopwatches
+
+
+def _record_times(results: _Results, form: str, stopwatches) -> None:
+    # The time of all the models' epochs, and of their epochs after the first
+    # (which holds each model's compilation), per epoch.
+    results.deep_ensemble_training_seconds[form] = float(
+        sum(sum(stopwatch.epochs) for stopwatch in stopwatches)
+    )
+    steady = [stopwatch.epochs[1:] for stopwatch in stopwatches]
+    results.deep_ensemble_epoch_seconds[form] = (
+        float(sum(np.median(epochs) for epochs in steady)) if steady[0] else None
+    )
+
+
 def _train(label: str, model, x, y, x_test, epochs, *callbacks):
     """Fits `model` quietly, with one line of progress, and predicts `x_test`."""
     print(f"  training {label} ...", end="", flush=True)
@@ -595,6 +827,44 @@ def _stacking_table(results: _Results) -> str:
     return _markdown_table(header, rows)
 
 
+def _deep_ensemble_table(results: _Results) -> str:
+    rows = [
+        (
+            _DEEP_ENSEMBLE_LABELS[name],
+            f"{scores['accuracy']:.3f}",
+            f"{scores['nll']:.3f}",
+            f"{scores['ece']:.3f}",
+        )
+        for name, scores in (
+            (name, results.deep_ensemble_scores[name])
+            for name in DEEP_ENSEMBLE_PREDICTORS
+        )
+    ]
+    header = ("predictor", "test accuracy", "NLL", "ECE")
+    return _markdown_table(header, rows)
+
+
+def _deep_ensemble_times_table(results: _Results) -> str:
+    def seconds(value):
+        return "-" if value is None else f"{value:.3f}"
+
+    members = DEEP_ENSEMBLE_MEMBERS
+    labels = {
+        "ensemble": f"Ensemble(cnn, branches={members}): one model",
+        "separate": f"{members} separate models, one after another",
+    }
+    rows = [
+        (
+            labels[form],
+            f"{results.deep_ensemble_training_seconds[form]:.2f}",
+            seconds(results.deep_ensemble_epoch_seconds[form]),
+        )
+        for form in DEEP_ENSEMBLE_FORMS
+    ]
+    header = ("training", "all epochs (s)", "an epoch after the first (s)")
+    return _markdown_table(header, rows)
+
+
 def _markdown_table(header, rows) -> str:
     widths = [
         max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))
@@ -674,6 +944,44 @@ after the first ("-" after a single epoch). Times come from one run on this mach
 vary between runs.
 
 ![Time to the first step and per epoch, separate and stacked](ensemble_times.png)
+
+## Deep ensemble: {DEEP_ENSEMBLE_MEMBERS} CNNs as one `Ensemble` layer
+
+A deep ensemble trains several copies of a network from different random starts,
+each on its own, and averages their predicted probabilities. Here each member is a
+small CNN, {_cnn_sizes()}
+({results.deep_ensemble_parameters // DEEP_ENSEMBLE_MEMBERS} parameters), and
+`keras_tether.layers.Ensemble(cnn, branches={DEEP_ENSEMBLE_MEMBERS})` holds the
+{DEEP_ENSEMBLE_MEMBERS} of them as one layer: each member has its own weights, its own
+batch-normalization statistics and its own dropout masks, and the model's output
+holds every member's logits, `(batch, {DEEP_ENSEMBLE_MEMBERS}, 10)`. With the labels
+repeated along the member axis, the loss is the mean over the members of each
+member's cross-entropy, so every member learns the labels by itself (the averaged
+prediction is never trained). All trained for {_epochs(results.deep_ensemble_epochs)}
+with Adam on the same batches as the stacking experiment.
+
+{_deep_ensemble_table(results)}
+
+The negative log-likelihood (NLL) is the mean of `-log p(label)` over the test
+images; the expected calibration error (ECE) puts each prediction's confidence (its
+largest probability) in one of {CALIBRATION_BINS} equal-width bins and sums, weighted
+by the bins' shares, the gaps between each bin's accuracy and mean confidence, so
+it counts over- and underconfidence alike. The ensemble's NLL is never above the
+members' mean NLL: the log of a mean of probabilities is at least the mean of their
+logs. Its confidence is at most the members' mean confidence, lower where they
+disagree. The last row is the same {DEEP_ENSEMBLE_MEMBERS} CNNs, from the same initial
+weights (`ensemble.to_models()` before training), trained as
+{DEEP_ENSEMBLE_MEMBERS} separate Keras models; they draw other dropout masks, so
+their numbers differ a little. After training, `ensemble.to_models()` gives each
+member back as a model of its own; their test logits and the ensemble's members'
+differ by at most {results.deep_ensemble_to_models_difference:.2g}.
+
+{_deep_ensemble_times_table(results)}
+
+"All epochs" is the time of every epoch of every model, compilation included;
+an epoch after the first is the median of the later epochs ("-" after a single
+epoch), summed over the models. Times come from one run on this machine and vary
+between runs.
 """
 
 
@@ -698,6 +1006,19 @@ def _as_json(results: _Results) -> dict:
             "first_step_seconds": results.first_step_seconds,
             "first_epoch_seconds": results.first_epoch_seconds,
             "epoch_seconds": results.epoch_seconds,
+        },
+        "deep_ensemble": {
+            "members": DEEP_ENSEMBLE_MEMBERS,
+            "epochs": results.deep_ensemble_epochs,
+            "parameters": results.deep_ensemble_parameters,
+            "calibration_bins": CALIBRATION_BINS,
+            "test_scores": results.deep_ensemble_scores,
+            "member_test_scores": results.deep_ensemble_members,
+            "to_models_max_logit_difference": (
+                results.deep_ensemble_to_models_difference
+            ),
+            "training_seconds": results.deep_ensemble_training_seconds,
+            "epoch_seconds": results.deep_ensemble_epoch_seconds,
         },
         "seconds": results.seconds,
     }

@@ -5,6 +5,7 @@ import struct
 import sys
 
 import keras
+import numpy as np
 import pytest
 
 from demo import experiments as _demo
@@ -80,6 +81,15 @@ def test_report_states_the_numbers(demo_run):
     for value in ensemble["epoch_seconds"].values():
         assert f"{value:.3f}" in report
     assert f"{ensemble['prediction_agreement']:.1%}" in report
+    deep = results["deep_ensemble"]
+    for scores in deep["test_scores"].values():
+        for value in scores.values():
+            assert f"{value:.3f}" in report
+    for value in deep["training_seconds"].values():
+        assert f"{value:.2f}" in report
+    for value in deep["epoch_seconds"].values():
+        assert f"{value:.3f}" in report
+    assert f"{deep['to_models_max_logit_difference']:.2g}" in report
     assert "](mixture_weights.png)" in report
     assert "](reconstructions.png)" in report
     assert "](ensemble_times.png)" in report
@@ -89,13 +99,15 @@ def test_progress_is_a_line_per_phase_then_the_tables(demo_run):
     _, _, printed, results = demo_run
     lines = printed.splitlines()
     training = [line for line in lines if line.strip().startswith("training")]
-    assert len(training) == 4
+    assert len(training) == 6
     assert all(" done in " in line for line in training)
     # Keras' per-batch progress bars would print steps and ETAs.
     assert not any("/step" in line or "ETA" in line for line in lines)
     assert f"{results['test_accuracy']['weighted']:.3f}" in printed
     assert "| autoencoder" in printed
     assert "| ensemble" in printed
+    assert "| predictor" in printed
+    assert "| training" in printed
 
 
 def test_parameter_counts(demo_run):
@@ -162,6 +174,91 @@ def test_ensemble_times_are_recorded(demo_run):
         assert ensemble["epoch_seconds"][form] > 0
     # Whole batches of 64 of the 1347 training images.
     assert ensemble["training_images"] == 1344
+
+
+def test_deep_ensemble_parameter_count(demo_run):
+    # One member: Conv2D 1 -> 16 (3x3 kernel and bias), batch normalization
+    # of 16 channels (4 variables), and Dense from 16 x 4 x 4 to 10.
+    member = (3 * 3 * 16 + 16) + 4 * 16 + (16 * 4 * 4 * 10 + 10)
+    deep = demo_run[3]["deep_ensemble"]
+    assert deep["members"] == 8
+    assert deep["parameters"] == 8 * member
+
+
+def test_deep_ensemble_scores_are_sane(demo_run):
+    deep = demo_run[3]["deep_ensemble"]
+    assert deep["epochs"] == EPOCHS
+    scores = deep["test_scores"]
+    assert sorted(scores) == ["ensemble", "member_0", "member_mean", "separate"]
+    members = deep["member_test_scores"]
+    assert len(members) == 8
+    assert scores["member_0"] == members[0]
+    for key in ("accuracy", "nll", "ece"):
+        mean = np.mean([member[key] for member in members])
+        assert scores["member_mean"][key] == pytest.approx(mean)
+    for predictor in [*scores.values(), *members]:
+        assert 0.0 <= predictor["accuracy"] <= 1.0
+        assert 0.0 <= predictor["ece"] <= 1.0
+        assert predictor["nll"] > 0.0
+    # Ten classes: chance is 0.1, and two epochs already learn much more.
+    assert scores["ensemble"]["accuracy"] > 0.5
+    assert scores["separate"]["accuracy"] > 0.5
+    # Jensen: -log of a mean of probabilities is at most the mean of the
+    # -logs, image by image, so the ensemble's NLL is at most the members'.
+    assert scores["ensemble"]["nll"] <= scores["member_mean"]["nll"]
+
+
+def test_deep_ensemble_members_come_back_as_models(demo_run):
+    # `to_models()` members against the ensemble's own member outputs.
+    deep = demo_run[3]["deep_ensemble"]
+    assert deep["to_models_max_logit_difference"] < 1e-5
+
+
+def test_deep_ensemble_times_are_recorded(demo_run):
+    deep = demo_run[3]["deep_ensemble"]
+    for form in ("ensemble", "separate"):
+        assert deep["training_seconds"][form] > 0
+        assert 0 < deep["epoch_seconds"][form] < deep["training_seconds"][form]
+
+
+def test_expected_calibration_error_of_a_hand_worked_example():
+    probabilities = np.array(
+        [
+            [0.95, 0.03, 0.02],  # confidence 0.95 (bin 10), right
+            [0.85, 0.10, 0.05],  # 0.85 (bin 9), wrong
+            [0.05, 0.14, 0.81],  # 0.81 (bin 9), right
+            [0.15, 0.75, 0.10],  # 0.75 (bin 8), right
+            [0.20, 0.35, 0.45],  # 0.45 (bin 5), right
+        ]
+    )
+    labels = np.array([0, 1, 2, 1, 2])
+    # Bin 9 holds two predictions: accuracy 1/2, mean confidence 0.83.
+    expected = (abs(1 - 0.95) + 2 * abs(0.5 - 0.83) + abs(1 - 0.75) + abs(1 - 0.45)) / 5
+    assert expected == pytest.approx(0.302)
+    error = _demo._expected_calibration_error(probabilities, labels)
+    assert error == pytest.approx(expected, abs=1e-12)
+
+
+def test_expected_calibration_error_bins_close_on_the_right():
+    # 0.5 falls in (0.4, 0.5] and 0.6 in (0.5, 0.6], 1.0 in the last bin;
+    # bins closed on the left would put 0.5 with 0.6 and give 0.05.
+    probabilities = np.array([[0.5, 0.5], [0.6, 0.4], [1.0, 0.0]])
+    labels = np.array([0, 1, 0])
+    error = _demo._expected_calibration_error(probabilities, labels)
+    assert error == pytest.approx((0.5 + 0.6 + 0.0) / 3, abs=1e-12)
+    # Confident and always right: perfectly calibrated.
+    perfect = _demo._expected_calibration_error(np.eye(3), np.arange(3))
+    assert perfect == 0.0
+
+
+def test_mean_of_member_probabilities_in_log_space():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(scale=5.0, size=(6, 4, 10))
+    log_probabilities = _demo._log_probabilities(logits)
+    probabilities = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(log_probabilities), probabilities, atol=1e-12)
+    mean = _demo._mean_probabilities(log_probabilities)
+    np.testing.assert_allclose(np.exp(mean), probabilities.mean(axis=1), atol=1e-12)
 
 
 def test_one_epoch_reports_no_later_epoch():

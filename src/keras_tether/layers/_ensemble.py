@@ -15,6 +15,7 @@ from keras import ops
 
 from keras_tether._types import Shape, Tensor
 from keras_tether._validation import check_bool, check_positive_int
+from keras_tether._walk import all_layers
 
 # Seeds handed to the copies' seed generators stay in int32's positive range,
 # which every backend's seed handling accepts.
@@ -310,6 +311,14 @@ class Ensemble(keras.layers.Layer):
                 f"({type(template).__name__}): it has no variables, so its "
                 "copies would all be the same layer. Use the layer itself."
             )
+        # TensorFlow's vectorized map turns the replicas' all-reduce of a
+        # synchronized batch normalization into a loop it cannot
+        # differentiate: the branches then run one after another.
+        if keras.backend.backend() == "tensorflow" and any(
+            isinstance(layer, keras.layers.BatchNormalization) and layer.synchronized
+            for layer in all_layers(template, include_self=True)
+        ):
+            self._template.loop = True
         weight_ids = {id(variable) for variable in weights}
         # A seed generator's state is a variable of the layer but not one of
         # its weights; each call gives each branch fresh states instead.
