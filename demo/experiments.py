@@ -541,16 +541,10 @@ def _stacking(results: _Results, x_train, y_train, x_test, y_test) -> None:
 
 def _cnn() -> keras.Model:
     """One member of the deep ensemble: a small CNN that gives 10 logits."""
-    # channels_first: torch.vmap batches this convolution, not the
-    # channels_last one of Keras' torch backend (the ensemble would then run
-    # its members one after another).
-    layout = "channels_first"
-    inputs = keras.Input(shape=(1, IMAGE_SIZE, IMAGE_SIZE), name="image")
-    x = keras.layers.Conv2D(
-        CNN_FILTERS, 3, padding="same", activation="relu", data_format=layout
-    )(inputs)
-    x = keras.layers.BatchNormalization(axis=1)(x)
-    x = keras.layers.MaxPooling2D(data_format=layout)(x)
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
+    x = keras.layers.Conv2D(CNN_FILTERS, 3, padding="same", activation="relu")(inputs)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.MaxPooling2D()(x)
     x = keras.layers.Flatten()(x)
     x = keras.layers.Dropout(0.25)(x)
     return keras.Model(inputs, keras.layers.Dense(10)(x), name="cnn")
@@ -625,10 +619,10 @@ def _deep_ensemble(results: _Results, x_train, y_train, x_test, y_test) -> None:
     # Whole batches, in the order train_test_split left them, as in the
     # stacking experiment: both forms see the same batches in the same order.
     count = len(x_train) // BATCH_SIZE * BATCH_SIZE
-    images_train = x_train[:count, None]
+    images_train = x_train[:count, ..., None]
     labels_train = y_train[:count]
-    images_test = x_test[:, None]
-    inputs = keras.Input(shape=(1, IMAGE_SIZE, IMAGE_SIZE), name="image")
+    images_test = x_test[..., None]
+    inputs = keras.Input(shape=(IMAGE_SIZE, IMAGE_SIZE, 1), name="image")
     ensemble = Ensemble(_cnn(), branches=members, seed=SEED, name="members")
     model = keras.Model(inputs, ensemble(inputs), name="deep_ensemble")
     # The separate models start as the ensemble's members do.
