@@ -370,10 +370,12 @@ LOAD = textwrap.dedent(
 )
 
 
-def test_a_converted_model_saves_and_loads_in_a_fresh_process(tmp_path):
-    backbone = mixtral_backbone()
+# Gemma 4's bank is found again through its decoder block after loading.
+@pytest.mark.parametrize("make", [mixtral_backbone, gemma4_backbone])
+def test_a_converted_model_saves_and_loads_in_a_fresh_process(tmp_path, make):
+    backbone = make()
     sparsify(backbone)
-    x = token_inputs(seed=4)
+    x = token_inputs(seed=4, backbone=backbone)
     np.savez(tmp_path / "x.npz", **x)
     np.save(tmp_path / "y.npy", to_numpy(backbone(x)))
     backbone.save(tmp_path / "model.keras")
