@@ -89,10 +89,20 @@ def _verdict(row: dict[str, Any]) -> str:
 
 
 def notes(results: dict[str, Any]) -> list[str]:
-    """One line per backend on the parameters that tying saves."""
+    """Lines per backend on the parameters that tying saves and peak memory."""
     lines = []
     for backend, result in results.items():
         for comparison in result["comparisons"]:
+            peaks = [
+                f"{model['label']} {model['peak_mb']:.0f} MiB"
+                for model in comparison.get("models", {}).values()
+                if model.get("peak_mb") is not None
+            ]
+            if peaks:
+                lines.append(
+                    f"{backend}: {comparison['name']}, rise of the peak resident "
+                    f"memory: {', '.join(peaks)}"
+                )
             params = comparison.get("kernel_params")
             if params:
                 lines.append(

@@ -364,6 +364,40 @@ def test_quick_run_records_the_peak_memory_of_each_first_fit(quick_run):
             assert math.isfinite(model["peak_mb"]) and model["peak_mb"] >= 0
 
 
+def test_quick_run_records_the_peak_memory_of_the_moe_training_steps(quick_run):
+    pytest.importorskip("keras_hub", reason="keras-hub is not installed")
+    _, result, _ = quick_run
+    (block,) = [c for c in result["comparisons"] if c["name"] == "MoE block E=4 k=2"]
+    for key in ("train_dropless", "train_keras_hub"):
+        model = block["models"][key]
+        # A training step of any model allocates (its gradients at least).
+        assert math.isfinite(model["peak_mb"]) and model["peak_mb"] > 0
+        assert model["device_peak_mb"] is None or model["device_peak_mb"] > 0
+
+
+def test_a_failed_moe_memory_process_raises_with_its_message():
+    from benchmarks.scenarios import routing
+
+    with pytest.raises(RuntimeError, match="Received: model='dense'"):
+        routing.step_memory(BACKEND, ("dense",), 4, 2, quick=True)
+
+
+def test_notes_name_each_models_peak_memory():
+    model = {"label": "dropless E=8 k=2 train", "peak_mb": 12.4}
+    results = {
+        "jax": {
+            "comparisons": [
+                {"name": "MoE block E=8 k=2", "models": {"train_dropless": model}},
+                {"name": "no memory", "models": {"a": {"label": "a"}}},
+            ]
+        }
+    }
+    assert report.notes(results) == [
+        "jax: MoE block E=8 k=2, rise of the peak resident memory: "
+        "dropless E=8 k=2 train 12 MiB"
+    ]
+
+
 def test_a_first_fit_reports_its_own_peak_not_its_parents():
     # Linux carries ru_maxrss across exec: a child of a process that once
     # held more memory than the child ever will would report no rise.

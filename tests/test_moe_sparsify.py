@@ -48,32 +48,91 @@ def mixtral_backbone():
     )
 
 
-def token_inputs(seed=0):
+def randomize(model, seed):
+    """Random values in every variable: expert biases and scales included
+    (keras-hub starts them at zero and one, where leaving one out would
+    change nothing), and Gemma 4's expert kernels (which start at zero)."""
     rng = np.random.default_rng(seed)
-    return {
+    for variable in model.weights:
+        variable.assign(0.5 * rng.normal(size=variable.shape).astype("float32"))
+    return model
+
+
+def gpt_oss_backbone():
+    return randomize(
+        keras_hub.models.GptOssBackbone(
+            vocabulary_size=40,
+            num_layers=2,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=16,
+            intermediate_dim=8,
+            num_experts=5,
+            top_k=2,
+            head_dim=8,
+        ),
+        seed=10,
+    )
+
+
+def gemma4_backbone():
+    # Every decoder block runs Gemma 4's dense MLP beside its expert bank.
+    return randomize(
+        keras_hub.models.Gemma4Backbone(
+            vocabulary_size=40,
+            image_size=16,
+            num_layers=2,
+            num_query_heads=2,
+            num_key_value_heads=1,
+            hidden_dim=16,
+            intermediate_dim=24,
+            head_dim=8,
+            sliding_window_size=4,
+            sliding_window_pattern=2,
+            enable_moe_block=True,
+            num_experts=6,
+            expert_intermediate_dim=8,
+            num_experts_per_token=3,
+        ),
+        seed=11,
+    )
+
+
+def token_inputs(seed=0, backbone=None):
+    rng = np.random.default_rng(seed)
+    inputs = {
         "token_ids": rng.integers(1, 40, size=(2, 7)).astype("int32"),
         "padding_mask": np.array([[1] * 7, [1] * 5 + [0] * 2], "int32"),
     }
+    if backbone is not None and "position_ids" in backbone.input:
+        inputs["position_ids"] = np.tile(np.arange(7, dtype="int32"), (2, 1))
+    return inputs
 
 
 @pytest.mark.parametrize(
-    ("make", "block_class"),
+    ("make", "block_class", "parent"),
     [
-        (qwen3_backbone, "Qwen3SparseMoeBlock"),
-        (mixtral_backbone, "MixtralSparseMoeBlock"),
+        (qwen3_backbone, "Qwen3SparseMoeBlock", "transformer_layer"),
+        (mixtral_backbone, "MixtralSparseMoeBlock", "transformer_layer"),
+        (gpt_oss_backbone, "GptOssSparseMoeBlock", "transformer_layer"),
+        (gemma4_backbone, "Gemma4MoEBlock", "decoder_block"),
     ],
 )
-def test_a_backbone_gives_the_same_outputs_on_the_same_variables(make, block_class):
+def test_a_backbone_gives_the_same_outputs_on_the_same_variables(
+    make, block_class, parent
+):
     backbone = make()
-    x = token_inputs()
+    x = token_inputs(backbone=backbone)
     expected = to_numpy(backbone(x))
     variables = [id(v) for v in backbone.weights]
-    converted = sparsify(backbone)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no block is left dense
+        converted = sparsify(backbone)
     assert len(converted) == 2
     assert all(entry.endswith(f"({block_class})") for entry in converted)
     assert sorted(entry.split("/")[0] for entry in converted) == [
-        "transformer_layer_0",
-        "transformer_layer_1",
+        f"{parent}_0",
+        f"{parent}_1",
     ]
     assert [id(v) for v in backbone.weights] == variables
     np.testing.assert_allclose(to_numpy(backbone(x)), expected, atol=1e-5)
@@ -155,63 +214,118 @@ def test_each_block_keeps_its_outputs_logits_and_losses(make):
     np.testing.assert_allclose(got[2], expected[2], rtol=1e-6)
 
 
-def test_gradients_are_those_of_the_dense_block():
-    block = qwen3_block()
-    x = np.random.default_rng(2).normal(size=(2, 6, 16)).astype("float32")
-    block.build(x.shape)
-    cotangent = np.random.default_rng(3).normal(size=(2, 6, 16)).astype("float32")
+def gpt_oss_block():
+    from keras_hub.src.models.gpt_oss.gpt_oss_decoder import GptOssSparseMoeBlock
 
-    def gradients():
-        backend = keras.backend.backend()
-        variables = block.trainable_variables
-        if backend == "tensorflow":
-            import tensorflow as tf
+    block = GptOssSparseMoeBlock(
+        hidden_dim=16, intermediate_dim=8, num_experts=6, top_k=3
+    )
+    block.build((2, 6, 16))
+    # A clamp that random inputs reach, and a gate slope of its own.
+    block.experts.limit = 1.5
+    block.experts.alpha = 0.9
+    return randomize(block, seed=12)
 
-            with tf.GradientTape() as tape:
-                loss = tf.reduce_sum(block(x)[0] * cotangent)
-            return [
-                to_numpy(tf.convert_to_tensor(g))
-                for g in tape.gradient(loss, variables)
-            ]
-        if backend == "torch":
-            for variable in variables:
-                variable.value.grad = None
-            (block(x)[0] * keras.ops.convert_to_tensor(cotangent)).sum().backward()
-            return [to_numpy(v.value.grad) for v in variables]
-        import jax
 
-        values = [v.value for v in variables]
-
-        def loss(values):
-            for variable, value in zip(variables, values, strict=True):
-                variable.assign(value)
-            return (block(x)[0] * cotangent).sum()
-
-        grads = jax.grad(lambda vals: _stateless(block, variables, vals, x, cotangent))(
-            values
-        )
-        return [np.asarray(g) for g in grads]
-
-    expected = gradients()
-    sparsify(block)
-    got = gradients()
+def test_a_gpt_oss_block_keeps_its_outputs_and_router_scores():
+    block = gpt_oss_block()
+    x = 2.0 * np.random.default_rng(5).normal(size=(3, 5, 16)).astype("float32")
+    expected = [to_numpy(t) for t in block(x)]
+    (entry,) = sparsify(Holder(block))
+    assert entry.endswith("(GptOssSparseMoeBlock)")
+    got = [to_numpy(t) for t in block(x)]
     for a, b in zip(got, expected, strict=True):
         np.testing.assert_allclose(a, b, atol=1e-5)
-    assert all(np.abs(g).max() > 0 for g in got)
 
 
-def _stateless(block, variables, values, x, cotangent):
-    mapping = list(zip(variables, values, strict=True))
-    with keras.StatelessScope(state_mapping=mapping):
-        return (block(x)[0] * cotangent).sum()
+def test_a_gemma4_expert_bank_outside_its_decoder_block_is_named_in_a_warning():
+    # The bank receives dense routing weights; how many experts each token
+    # takes is known only to the decoder block's router.
+    from keras_hub.src.models.gemma4.gemma4_moe import Gemma4MoEBlock
+
+    bank = Gemma4MoEBlock(num_experts=4, hidden_dim=16, expert_intermediate_dim=8)
+    bank.build((None, 16))
+    with pytest.warns(UserWarning, match=r"\(Gemma4MoEBlock\)"):
+        assert sparsify(Holder(bank)) == []
+
+
+def gradient_case(name):
+    """A model, its forward pass on fixed inputs, and its MoE variables."""
+    if name == "gemma4":
+        model = gemma4_backbone()
+        x = token_inputs(seed=6, backbone=model)
+        moe = [v for v in model.trainable_variables if "moe" in v.path]
+        return model, lambda: model(x), moe
+    if name == "gpt_oss":
+        model = gpt_oss_block()
+    else:
+        model = qwen3_block()
+        model.build((2, 6, 16))
+    x = 2.0 * np.random.default_rng(2).normal(size=(2, 6, 16)).astype("float32")
+    return model, lambda: model(x)[0], model.trainable_variables
+
+
+def gradients(variables, forward, cotangent):
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(forward() * cotangent)
+        return [
+            to_numpy(tf.convert_to_tensor(g)) for g in tape.gradient(loss, variables)
+        ]
+    if backend == "torch":
+        for variable in variables:
+            variable.value.grad = None
+        (forward() * keras.ops.convert_to_tensor(cotangent)).sum().backward()
+        return [to_numpy(v.value.grad) for v in variables]
+    import jax
+
+    def loss(values):
+        mapping = list(zip(variables, values, strict=True))
+        with keras.StatelessScope(state_mapping=mapping):
+            return (forward() * cotangent).sum()
+
+    return [np.asarray(g) for g in jax.grad(loss)([v.value for v in variables])]
+
+
+@pytest.mark.parametrize("name", ["qwen3", "gpt_oss", "gemma4"])
+def test_gradients_are_those_of_the_dense_block(name):
+    model, forward, moe_variables = gradient_case(name)
+    shape = tuple(forward().shape)
+    cotangent = np.random.default_rng(3).normal(size=shape).astype("float32")
+    variables = model.trainable_variables
+    expected = gradients(variables, forward, cotangent)
+    sparsify(model)
+    got = gradients(variables, forward, cotangent)
+    for variable, a, b in zip(variables, got, expected, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, err_msg=variable.path)
+    moe_paths = {v.path for v in moe_variables}
+    assert all(
+        np.abs(g).max() > 0
+        for variable, g in zip(variables, got, strict=True)
+        if variable.path in moe_paths
+    )
 
 
 def qwen3_causal_lm():
     return keras_hub.models.Qwen3MoeCausalLM(backbone=qwen3_backbone())
 
 
-def test_greedy_generation_gives_the_same_tokens():
-    causal_lm = qwen3_causal_lm()
+def gpt_oss_causal_lm():
+    return keras_hub.models.GptOssCausalLM(backbone=gpt_oss_backbone())
+
+
+def gemma4_causal_lm():
+    return keras_hub.models.Gemma4CausalLM(
+        preprocessor=None, backbone=gemma4_backbone()
+    )
+
+
+@pytest.mark.parametrize("make", [qwen3_causal_lm, gpt_oss_causal_lm, gemma4_causal_lm])
+def test_greedy_generation_gives_the_same_tokens(make, monkeypatch):
+    causal_lm = make()
     prompt = {
         "token_ids": np.array([[5, 9, 3, 0, 0, 0, 0, 0]], "int32"),
         "padding_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0]], "bool"),
@@ -219,7 +333,20 @@ def test_greedy_generation_gives_the_same_tokens():
     causal_lm.compile(sampler="greedy")
     expected = causal_lm.generate(prompt, stop_token_ids=None)
     assert len(sparsify(causal_lm)) == 2
+    # The generation traced before the conversion is not reused: the sparse
+    # calls run.
+    from keras_tether.moe import _sparsify
+
+    products = []
+    tiled_product = _sparsify.tiled_product
+
+    def counted(*args, **kwargs):
+        products.append(1)
+        return tiled_product(*args, **kwargs)
+
+    monkeypatch.setattr(_sparsify, "tiled_product", counted)
     got = causal_lm.generate(prompt, stop_token_ids=None)
+    assert products
     np.testing.assert_array_equal(got["token_ids"], expected["token_ids"])
 
 
@@ -243,10 +370,12 @@ LOAD = textwrap.dedent(
 )
 
 
-def test_a_converted_model_saves_and_loads_in_a_fresh_process(tmp_path):
-    backbone = mixtral_backbone()
+# Gemma 4's bank is found again through its decoder block after loading.
+@pytest.mark.parametrize("make", [mixtral_backbone, gemma4_backbone])
+def test_a_converted_model_saves_and_loads_in_a_fresh_process(tmp_path, make):
+    backbone = make()
     sparsify(backbone)
-    x = token_inputs(seed=4)
+    x = token_inputs(seed=4, backbone=backbone)
     np.savez(tmp_path / "x.npz", **x)
     np.save(tmp_path / "y.npy", to_numpy(backbone(x)))
     backbone.save(tmp_path / "model.keras")

@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import json
 import math
+import subprocess
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import keras
 import numpy as np
 
+from benchmarks import child_environment
 from benchmarks.scenarios import Comparison, Context
 from benchmarks.scenarios._data import random, seed_data, tensors
+from benchmarks.scenarios._first_fit import _peak_bytes
 from benchmarks.schema import make_row
 from benchmarks.timing import Candidate, train_step
 from keras_tether.layers import GatedAverage, MixtureOfExperts, WeightedAverage
@@ -330,6 +335,12 @@ def keras_hub_blocks(context: Context) -> list[Comparison]:
                 )
             )
         timing = _short(context).time(candidates)
+        keras.backend.clear_session()
+        memory = step_memory(
+            context.backend, ("dropless", "keras_hub"), experts, top_k, context.quick
+        )
+        for key, peaks in memory.items():
+            timing["models"][f"train_{key}"].update(peaks)
         name = f"MoE block E={experts} k={top_k}"
         rows = []
         for dispatch in ("dropless", "dense"):
@@ -361,15 +372,128 @@ def keras_hub_blocks(context: Context) -> list[Comparison]:
                 "same weights: training step (adam, mse) and forward "
                 "(predict_on_batch), "
                 f"{sizes.batch} x {sizes.tokens} tokens of width {sizes.width}, "
-                f"{experts} experts of {sizes.hidden} hidden units, top-{top_k}"
+                f"{experts} experts of {sizes.hidden} hidden units, top-{top_k}; "
+                "peak_mb (train_dropless, train_keras_hub): the rise of the peak "
+                "resident memory of a fresh process over the model's first "
+                f"{MEMORY_STEPS} training steps (tracing and compiling included), "
+                "above what the backend, the model and the data held before; "
+                "device_peak_mb: the accelerator's peak, where JAX reports one"
             ),
             "experts": experts,
             "top_k": top_k,
             **timing,
         }
         comparisons.append(Comparison(details, rows))
-        keras.backend.clear_session()
     return comparisons
+
+
+# Training steps of a memory measurement: the first traces and compiles, the
+# second is a step as every later one.
+MEMORY_STEPS = 2
+
+
+def step_memory(
+    backend: str, models: tuple[str, ...], experts: int, top_k: int, quick: bool
+) -> dict[str, dict[str, Any]]:
+    """The peak memory of each model's first training steps.
+
+    Each model runs in a fresh process (a process's peak resident memory
+    only rises), all at once: the timing is over, and each process' own
+    peak does not depend on the others.
+
+    Args:
+        backend: String, the Keras backend of the child processes.
+        models: Strings, each `"dropless"` (`MixtureOfExperts`) or
+            `"keras_hub"` (keras-hub's `Qwen3SparseMoeBlock`).
+        experts: Integer, the number of experts.
+        top_k: Integer, the experts per token.
+        quick: Boolean, whether to use the tiny sizes.
+
+    Returns:
+        Per model, a dict with `peak_mb` (the rise of the process's peak
+        resident memory) and `device_peak_mb` (the accelerator's peak under
+        JAX, or None where there is none).
+    """
+    size = "quick" if quick else "full"
+    processes = {
+        model: subprocess.Popen(
+            [sys.executable, "-m", __name__, model, str(experts), str(top_k), size],
+            env=child_environment(backend),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for model in models
+    }
+    outputs = {model: process.communicate() for model, process in processes.items()}
+    results = {}
+    for model, (stdout, stderr) in outputs.items():
+        process = processes[model]
+        lines = stdout.strip().splitlines()
+        if process.returncode != 0 or not lines:
+            message = (stderr.strip().splitlines() or ["no message"])[-1]
+            raise RuntimeError(
+                f"The memory measurement of {model!r} with {experts} experts on "
+                f"{backend} failed (exit code {process.returncode}): {message}"
+            )
+        results[model] = json.loads(lines[-1])
+    return results
+
+
+def _device_peak_mb() -> float | None:
+    if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    # CPUs report no memory statistics (None); GPUs and TPUs do.
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else peak / 2**20
+
+
+def _reset_peak() -> int:
+    """Lowers the peak resident memory to the current one, and returns it.
+
+    Building the models may have held more than the steps' start (keras-hub's
+    block beside the copy of its weights). Where Linux' reset of the
+    high-water mark is not allowed, the peak so far is returned instead.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return _peak_bytes()
+
+
+def _step_memory_main(argv: list[str]) -> None:
+    model_kind, experts, top_k, size = argv[0], int(argv[1]), int(argv[2]), argv[3]
+    if model_kind not in ("dropless", "keras_hub"):
+        raise ValueError(
+            "Expected the model to be 'dropless' or 'keras_hub'. "
+            f"Received: model={model_kind!r}"
+        )
+    sizes = EXPERTS_QUICK if size == "quick" else EXPERTS_FULL
+    rng = np.random.default_rng(4)
+    shape = (sizes.batch, sizes.tokens, sizes.width)
+    x, y = tensors([random(shape, rng), random(shape, rng)])
+    model, block = _qwen3_block_model(sizes, experts, top_k)
+    if model_kind == "dropless":
+        model = _ours_on_the_same_weights(sizes, experts, top_k, "dropless", block)
+    del block
+    model.compile(optimizer="adam", loss="mse")
+    before = _reset_peak()
+    for _ in range(MEMORY_STEPS):
+        model.train_on_batch(x, y)
+    result = {
+        "peak_mb": (_peak_bytes() - before) / 2**20,
+        "device_peak_mb": _device_peak_mb(),
+    }
+    print(json.dumps(result), flush=True)
 
 
 def sparsified_backbone(context: Context) -> Comparison:
@@ -445,3 +569,7 @@ def _keras_hub_available() -> bool:
 SCENARIOS = (mixture_of_experts, gated_seed) + (
     (keras_hub_blocks, sparsified_backbone) if _keras_hub_available() else ()
 )
+
+
+if __name__ == "__main__":
+    _step_memory_main(sys.argv[1:])

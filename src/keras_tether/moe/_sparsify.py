@@ -9,17 +9,20 @@ chosen experts with the dropless tiled product of `MixtureOfExperts`.
 keras-hub is imported only when `sparsify` runs. The blocks are recognized
 by their exact classes, which keras-hub defines in its (private)
 `keras_hub.src.models` modules; the routers and expert kernels are read
-from the blocks' private attributes, as no public accessor exists.
+from the blocks' attributes (some private, as `_sparse_feedforward_gate_dense`),
+as no public accessor exists.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
 import re
 import types
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
@@ -52,12 +55,29 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
     block's own.
 
     Converted: the sparse MoE blocks of Qwen3-MoE (`Qwen3SparseMoeBlock`),
-    Mixtral (`MixtralSparseMoeBlock`), Qwen-MoE (`QwenSparseMoeBlock`) and
-    Qwen3.5-MoE (`Qwen3_5MoeSparseMoeBlock`). Any other layer whose class
-    name ends in `MoeBlock` (GPT-OSS, Gemma 4) is left as it is and named
-    in a warning, and so is a supported block that lacks an attribute its
-    sparse call reads (a block not built yet, or a keras-hub release that
-    renamed it). Calling `sparsify` again converts nothing twice.
+    Mixtral (`MixtralSparseMoeBlock`), Qwen-MoE (`QwenSparseMoeBlock`),
+    Qwen3.5-MoE (`Qwen3_5MoeSparseMoeBlock`) and GPT-OSS
+    (`GptOssSparseMoeBlock`: top-k of the router logits, softmax over the
+    k chosen, each expert's kernel biases added to its own assignments, the
+    clamped gated unit with the block's `alpha` and `limit`), and Gemma 4's
+    expert bank (`Gemma4MoEBlock`: gated GELU experts, each scaled by its
+    `per_expert_scale`). Gemma 4's decoder block routes the tokens itself
+    and hands its bank a dense `(tokens, experts)` matrix of weights, at
+    most `num_experts_per_token` of them non-zero per token; the bank is
+    converted when the `Gemma4TextDecoderBlock` holding it is in `model`,
+    which gives that number, and the decoder block's dense MLP beside the
+    bank is unchanged.
+
+    Any other layer whose class name ends in `MoeBlock` is left as it is
+    and named in a warning, and so is a supported block that lacks an
+    attribute its sparse call reads (a block not built yet, or a keras-hub
+    release that renamed it), and a Gemma 4 bank whose decoder block is not
+    in `model`. Calling `sparsify` again converts nothing twice.
+
+    Functions `model` traced before the conversion (`fit`, `evaluate`,
+    `predict`, a `CausalLM`'s `generate`) are traced again on their next
+    call; a model holding `model` keeps its own: call `sparsify` on the
+    outermost model, or `compile` that model again.
 
     The conversion is of the Python objects, not of the saved model: a
     `.keras` file or a preset holds the keras-hub model as it was, and
@@ -73,8 +93,7 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
 
     Returns:
         The paths of the converted blocks, with their classes, e.g.
-        `["qwen3_moe_backbone/transformer_layer_0/sparse_block
-        (Qwen3SparseMoeBlock)"]`.
+        `["transformer_layer_0/sparse_moe_block (GptOssSparseMoeBlock)"]`.
 
     Raises:
         ImportError: if keras-hub is not installed.
@@ -85,19 +104,32 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
             "Expected `model` to be a Keras model or layer. "
             f"Received: model={model!r} of type {type(model).__name__}"
         )
-    converters = _converters()
+    families = _families()
+    layers = _nested_layers(model)
+    experts_per_token = _gemma4_experts_per_token(layers)
     converted: list[str] = []
     skipped: list[str] = []
-    for layer in _nested_layers(model):
+    for layer in layers:
         name = f"{layer.path} ({type(layer).__name__})"
         if getattr(layer, _MARK, None) is not None:
             continue
-        converter = converters.get(type(layer))
-        if converter is not None and _has_attributes(layer, converter[1]):
-            _convert(layer, converter[0])
+        family = families.get(type(layer))
+        sparse_call = None
+        if family is not None and _has_attributes(layer, family.attributes):
+            sparse_call = family.sparse_call
+            if family.top_k_from_router:
+                top_k = experts_per_token.get(id(layer))
+                if top_k is None:
+                    sparse_call = None
+                else:
+                    sparse_call = functools.partial(sparse_call, top_k=top_k)
+        if sparse_call is not None:
+            _convert(layer, sparse_call)
             converted.append(name)
-        elif converter is not None or _MOE_BLOCK_NAME.search(type(layer).__name__):
+        elif family is not None or _MOE_BLOCK_NAME.search(type(layer).__name__):
             skipped.append(name)
+    if converted:
+        _forget_traced_functions(layers)
     if skipped:
         warnings.warn(
             "`sparsify` left these mixture-of-experts blocks computing every "
@@ -107,6 +139,26 @@ def sparsify(model: keras.layers.Layer) -> list[str]:
     return converted
 
 
+# What a Keras model (and a keras-hub `CausalLM`) keeps once traced, with the
+# blocks' dense calls in it: each is rebuilt on the next call when None, as
+# `compile` leaves it.
+_TRACED_FUNCTIONS = (
+    "train_function",
+    "test_function",
+    "predict_function",
+    "generate_function",
+)
+
+
+def _forget_traced_functions(layers: list[keras.layers.Layer]) -> None:
+    """Makes `fit`, `predict` and `generate` trace the converted blocks anew."""
+    for layer in layers:
+        if isinstance(layer, keras.Model):
+            for name in _TRACED_FUNCTIONS:
+                if getattr(layer, name, None) is not None:
+                    setattr(layer, name, None)
+
+
 def _nested_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
     """Every layer inside `model`, nested in custom layers included."""
     return all_layers(model, include_self=True)
@@ -114,7 +166,7 @@ def _nested_layers(model: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 def _has_attributes(block: Any, paths: tuple[str, ...]) -> bool:
     """Whether the block has what its sparse call reads (keras-hub may rename)."""
-    for path in ("hidden_dim", "num_experts", "top_k", *paths):
+    for path in paths:
         value = block
         for name in path.split("."):
             value = getattr(value, name, None)
@@ -125,17 +177,34 @@ def _has_attributes(block: Any, paths: tuple[str, ...]) -> bool:
 
 def _convert(block: keras.layers.Layer, sparse_call: Callable) -> None:
     dense_call = type(block).call
+    signature = inspect.signature(dense_call)
+    first = list(signature.parameters)[1]
 
-    def call(self, hidden_states, attention_mask=None, training=None):
-        if None in tuple(hidden_states.shape):
-            return dense_call(self, hidden_states, attention_mask, training)
-        return sparse_call(self, hidden_states, attention_mask, training)
+    # Same arguments as the block's own call, which Keras inspected when the
+    # block was made (to pass `training`, masks).
+    def call(self, *args, **kwargs):
+        inputs = signature.bind(self, *args, **kwargs).arguments[first]
+        if None in tuple(inputs.shape):
+            return dense_call(self, *args, **kwargs)
+        return sparse_call(self, *args, **kwargs)
 
     object.__setattr__(block, _MARK, dense_call)
     object.__setattr__(block, "call", types.MethodType(call, block))
 
 
-def _converters() -> dict[type, Callable]:
+class _Family(NamedTuple):
+    """How one keras-hub block class is made sparse."""
+
+    sparse_call: Callable
+    attributes: tuple[str, ...]
+    """What the sparse call reads on the block."""
+    top_k_from_router: bool = False
+    """Whether the number of experts per token is held not by the block but
+    by the layer routing to it (a block no such layer routes to stays
+    dense)."""
+
+
+def _families() -> dict[type, _Family]:
     try:
         importlib.import_module("keras_hub")
     except ImportError as error:
@@ -143,17 +212,23 @@ def _converters() -> dict[type, Callable]:
             "`keras_tether.moe.sparsify` converts keras-hub models and needs "
             "keras-hub: `pip install keras-hub`."
         ) from error
+    sizes = ("hidden_dim", "num_experts", "top_k")
     fused = ("expert_bank._expert_feedforward_gate_dense",)
     output = ("expert_bank._expert_feedforward_output_dense",)
     router = ("_sparse_feedforward_gate_dense",)
     families = {
-        "qwen3_moe.qwen3_moe_decoder.Qwen3SparseMoeBlock": (
+        "qwen3_moe.qwen3_moe_decoder.Qwen3SparseMoeBlock": _Family(
             _qwen3_call,
-            router + fused + output + ("expert_bank.activation", "norm_top_k_prob"),
+            sizes
+            + router
+            + fused
+            + output
+            + ("expert_bank.activation", "norm_top_k_prob"),
         ),
-        "mixtral.mixtral_decoder.MixtralSparseMoeBlock": (
+        "mixtral.mixtral_decoder.MixtralSparseMoeBlock": _Family(
             _mixtral_call,
-            router
+            sizes
+            + router
             + fused
             + output
             + (
@@ -163,9 +238,10 @@ def _converters() -> dict[type, Callable]:
                 "router_aux_loss_coef",
             ),
         ),
-        "qwen_moe.qwen_moe_decoder.QwenSparseMoeBlock": (
+        "qwen_moe.qwen_moe_decoder.QwenSparseMoeBlock": _Family(
             _qwen_call,
-            router
+            sizes
+            + router
             + fused
             + output
             + (
@@ -175,22 +251,76 @@ def _converters() -> dict[type, Callable]:
                 "norm_top_k_prob",
             ),
         ),
-        "qwen3_5_moe.qwen3_5_moe_decoder.Qwen3_5MoeSparseMoeBlock": (
+        "qwen3_5_moe.qwen3_5_moe_decoder.Qwen3_5MoeSparseMoeBlock": _Family(
             _qwen3_5_call,
-            fused + output + ("_router_gate", "shared_expert", "_shared_expert_gate"),
+            sizes
+            + fused
+            + output
+            + ("_router_gate", "shared_expert", "_shared_expert_gate"),
+        ),
+        "gpt_oss.gpt_oss_decoder.GptOssSparseMoeBlock": _Family(
+            _gpt_oss_call,
+            (
+                "hidden_dim",
+                "router.router_dense",
+                "router.top_k",
+                "router.num_experts",
+                "experts.num_experts",
+                "experts.gate_up_proj",
+                "experts.gate_up_proj_bias",
+                "experts.down_proj",
+                "experts.down_proj_bias",
+                "experts.alpha",
+                "experts.limit",
+            ),
+        ),
+        "gemma4.gemma4_moe.Gemma4MoEBlock": _Family(
+            _gemma4_call,
+            ("num_experts", "gate_proj", "up_proj", "down_proj", "per_expert_scale"),
+            top_k_from_router=True,
         ),
     }
     converters = {}
-    for path, call in families.items():
-        module_name, class_name = path.rsplit(".", 1)
-        try:
-            module = importlib.import_module(f"keras_hub.src.models.{module_name}")
-        except ImportError:  # a keras-hub without this family
-            continue
-        block_class = getattr(module, class_name, None)
+    for path, family in families.items():
+        block_class = _keras_hub_class(path)
         if block_class is not None:
-            converters[block_class] = call
+            converters[block_class] = family
     return converters
+
+
+def _keras_hub_class(path: str) -> type | None:
+    """A class of `keras_hub.src.models`, or None if this keras-hub lacks it."""
+    module_name, class_name = path.rsplit(".", 1)
+    try:
+        module = importlib.import_module(f"keras_hub.src.models.{module_name}")
+    except ImportError:  # a keras-hub without this family
+        return None
+    return getattr(module, class_name, None)
+
+
+# Gemma 4's decoder block routes the tokens (`moe_router`, which knows how
+# many experts each token takes) and hands the expert bank (`moe_expert_bank`)
+# a dense `(tokens, experts)` matrix of routing weights.
+_GEMMA4_DECODER = "gemma4.gemma4_decoder_block.Gemma4TextDecoderBlock"
+
+
+def _gemma4_experts_per_token(layers: list[keras.layers.Layer]) -> dict[int, int]:
+    """`id(bank) -> top_k` for each Gemma 4 expert bank routed in `layers`.
+
+    The bank receives at most `top_k` non-zero weights per token from the
+    router of the decoder block holding it; only that block knows `top_k`.
+    """
+    decoder_class = _keras_hub_class(_GEMMA4_DECODER)
+    found = {}
+    for layer in layers:
+        if decoder_class is None or type(layer) is not decoder_class:
+            continue
+        bank = getattr(layer, "moe_expert_bank", None)
+        router = getattr(layer, "moe_router", None)
+        top_k = getattr(router, "num_experts_per_token", None)
+        if getattr(layer, "enable_moe_block", False) and bank is not None and top_k:
+            found[id(bank)] = int(top_k)
+    return found
 
 
 def _block_call(
@@ -278,7 +408,7 @@ def _gate_and_up(bank: Any) -> Callable:
     return hidden
 
 
-def _qwen3_call(block, hidden_states, attention_mask, training):
+def _qwen3_call(block, hidden_states, attention_mask=None, training=None):
     bank = block.expert_bank
     return _block_call(
         block,
@@ -293,7 +423,7 @@ def _qwen3_call(block, hidden_states, attention_mask, training):
     )
 
 
-def _qwen_call(block, hidden_states, attention_mask, training):
+def _qwen_call(block, hidden_states, attention_mask=None, training=None):
     bank = block.expert_bank
 
     def shared(flat):
@@ -314,7 +444,7 @@ def _qwen_call(block, hidden_states, attention_mask, training):
     )
 
 
-def _qwen3_5_call(block, hidden_states, attention_mask, training):
+def _qwen3_5_call(block, hidden_states, attention_mask=None, training=None):
     bank = block.expert_bank
 
     def shared(flat):
@@ -335,7 +465,7 @@ def _qwen3_5_call(block, hidden_states, attention_mask, training):
     )
 
 
-def _mixtral_call(block, hidden_states, attention_mask, training):
+def _mixtral_call(block, hidden_states, attention_mask=None, training=False):
     bank = block.expert_bank
     return _block_call(
         block,
@@ -349,3 +479,61 @@ def _mixtral_call(block, hidden_states, attention_mask, training):
         aux_coefficient=block.router_aux_loss_coef,
         jitter=block.router_jitter_noise,
     )
+
+
+def _gpt_oss_call(block, hidden_states):
+    # The router's top-k is taken on the logits and the softmax over the k
+    # chosen logits only; each expert adds its biases and applies the
+    # clamped gated unit `(clip(up) + 1) * clip(gate) * sigmoid(alpha *
+    # clip(gate))` to its interleaved gate and up columns.
+    batch, length, _ = ops.shape(hidden_states)
+    flat = ops.reshape(hidden_states, (-1, block.hidden_dim))
+    router = block.router
+    router_logits = router.router_dense(flat)
+    top_logits, top_i = ops.top_k(router_logits, k=router.top_k)
+    top_p = ops.softmax(top_logits, axis=-1)
+    one_hot = ops.cast(ops.one_hot(top_i, router.num_experts), top_p.dtype)
+    router_scores = ops.sum(one_hot * top_p[..., None], axis=1)
+    experts = block.experts
+    assignments = sort_assignments(
+        top_i, ops.ones_like(top_i, dtype="bool"), experts.num_experts
+    )
+    layout = assignments.layout
+    padded = ops.take(flat, assignments.slot_tokens, axis=0)
+    gate_up = tiled_product(
+        padded, experts.gate_up_proj, layout, bias=experts.gate_up_proj_bias
+    )
+    gate = ops.clip(gate_up[:, ::2], -1e9, experts.limit)
+    up = ops.clip(gate_up[:, 1::2], -experts.limit, experts.limit)
+    hidden = (up + 1) * (gate * ops.sigmoid(gate * experts.alpha))
+    results = tiled_product(
+        hidden, experts.down_proj, layout, bias=experts.down_proj_bias
+    )
+    out = combine(results, assignments, top_p)
+    return ops.reshape(out, (batch, length, block.hidden_dim)), router_scores
+
+
+def _gemma4_call(bank, x, dispatch_weights, *, top_k):
+    # The router gave each token at most `top_k` non-zero weights: the top
+    # `top_k` of its row are all of them (a zero weight picked in place of
+    # a missing one adds nothing, as in the dense sum).
+    dtype = x.dtype
+    _, top_i = ops.top_k(dispatch_weights, k=top_k)
+    top_p = ops.take_along_axis(ops.cast(dispatch_weights, dtype), top_i, axis=-1)
+    assignments = sort_assignments(
+        top_i, ops.ones_like(top_i, dtype="bool"), bank.num_experts
+    )
+    layout = assignments.layout
+    padded = ops.take(x, assignments.slot_tokens, axis=0)
+    gate = tiled_product(padded, ops.cast(bank.gate_proj, dtype), layout)
+    up = tiled_product(padded, ops.cast(bank.up_proj, dtype), layout)
+    gate = ops.cast(
+        keras.activations.gelu(ops.cast(gate, "float32"), approximate=True), dtype
+    )
+    results = tiled_product(gate * up, ops.cast(bank.down_proj, dtype), layout)
+    # Each expert's output scale, applied per tile (a tile holds one expert).
+    scale = ops.take(ops.cast(bank.per_expert_scale, dtype), layout.tile_groups, axis=0)
+    width = results.shape[-1]
+    results = ops.reshape(results, (layout.tiles, layout.tile, width))
+    results = ops.reshape(results * scale[:, None, None], (-1, width))
+    return combine(results, assignments, top_p)
