@@ -216,13 +216,15 @@ class ReversibleConv(ReversibleCalls):
         It is when the forward padding is `"same"` and every spatial size is
         a multiple of its stride: the transposed convolution then restores the
         forward input's size and pads as the forward direction did, with no
-        crop. It measured faster than the valid form and its crop on
-        TensorFlow and JAX, and is exact there on every supported Keras
-        version; Keras' torch route pads a strided `"same"` transposed
-        convolution differently before Keras 3.15, so torch keeps the
-        valid form.
+        crop. It measured faster than the valid form and its crop on every
+        backend, and is exact on TensorFlow and JAX with every supported Keras
+        version. Keras' torch route pads a strided `"same"` transposed
+        convolution otherwise before Keras 3.15 (checked on 3.13: not the
+        adjoint), so torch with an older Keras keeps the valid form.
         """
-        if self.padding != "same" or keras.backend.backend() == "torch":
+        if self.padding != "same":
+            return False
+        if keras.backend.backend() == "torch" and _keras_release() < (3, 15):
             return False
         return all(
             stride == 1 or (size is not None and size % stride == 0)
@@ -312,6 +314,12 @@ class ReversibleConv(ReversibleCalls):
                 f"(data_format={self.data_format!r}). Received: "
                 f"inputs.shape={tuple(shape)}"
             )
+
+
+def _keras_release() -> tuple[int, int]:
+    """The installed Keras' major and minor version numbers."""
+    major, minor = keras.version().split(".")[:2]
+    return int(major), int(minor)
 
 
 def _conv_init(base):
