@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import random
 import warnings
@@ -41,13 +42,14 @@ def vectorized_map(function: Callable, elements: Any) -> Any:
         import torch
 
         elements = keras.tree.map_structure(ops.convert_to_tensor, elements)
-        with _layout_queries_answered():
+        with _layout_queries_answered()():
             return torch.vmap(function, randomness="different")(elements)
     return ops.vectorized_map(function, elements)
 
 
+@functools.cache
 def _layout_queries_answered() -> Any:
-    """A torch function mode in which memory-layout queries answer yes.
+    """A torch function mode class in which memory-layout queries answer yes.
 
     Keras' torch convolutions (from Keras 3.14) ask whether their operands
     are laid out channels-last, `tensor.is_contiguous(memory_format=...)`,
@@ -70,7 +72,7 @@ def _layout_queries_answered() -> Any:
                     return True
             return func(*args, **kwargs)
 
-    return LayoutQueriesAnswered()
+    return LayoutQueriesAnswered
 
 
 def _loop_map(function: Callable, elements: Any) -> Any:
@@ -465,8 +467,8 @@ class Ensemble(keras.layers.Layer):
         except RuntimeError as error:
             # torch.vmap has no batching rule for some operations that Keras'
             # torch backend uses (`.item()` in seeded random draws);
-            # TensorFlow's vectorized map
-            # likewise falls back to a loop for operations it cannot batch.
+            # TensorFlow's vectorized map likewise falls back to a loop for
+            # operations it cannot batch.
             if keras.backend.backend() != "torch" or "vmap" not in str(error):
                 raise
             reason = next(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import keras
@@ -178,25 +179,17 @@ class ReversibleConv(ReversibleCalls):
         self._call_sites.check(self, inputs)
         if not reverse:
             return super().call(inputs)
-        kernel = ops.cast(self.kernel, self.compute_dtype)
-        if self._same_padding_is_adjoint():
-            outputs = ops.conv_transpose(
-                inputs,
-                kernel,
-                strides=list(self.strides),
-                padding="same",
-                data_format=self.data_format,
-                dilation_rate=list(self.dilation_rate),
-            )
-            return self._reverse_bias_and_activation(outputs)
+        same = self._same_padding_is_adjoint()
         outputs = ops.conv_transpose(
             inputs,
-            kernel,
+            ops.cast(self.kernel, self.compute_dtype),
             strides=list(self.strides),
-            padding="valid",
+            padding="same" if same else "valid",
             data_format=self.data_format,
             dilation_rate=list(self.dilation_rate),
         )
+        if same:
+            return self._reverse_bias_and_activation(outputs)
         windows = self._reverse_windows()
         spatial = [slice(before, -after or None) for before, after, _ in windows]
         zeros = [(0, extra) for _, _, extra in windows]
@@ -316,6 +309,7 @@ class ReversibleConv(ReversibleCalls):
             )
 
 
+@functools.cache
 def _keras_release() -> tuple[int, int]:
     """The installed Keras' major and minor version numbers."""
     major, minor = keras.version().split(".")[:2]

@@ -357,10 +357,7 @@ def _block_call(
     if normalize:
         top_p = top_p / ops.sum(top_p, axis=-1, keepdims=True)
     top_p = ops.cast(top_p, flat.dtype)
-    assignments = sort_assignments(
-        top_i, ops.ones_like(top_i, dtype="bool"), block.num_experts
-    )
-    padded = ops.take(routed_input, assignments.slot_tokens, axis=0)
+    assignments, padded = _chosen_rows(routed_input, top_i, block.num_experts)
     results = tiled_product(
         hidden(padded, assignments.layout), output_kernel, assignments.layout
     )
@@ -379,6 +376,14 @@ def _block_call(
         )
         block.add_loss(aux_coefficient * loss)
     return out, router_logits
+
+
+def _chosen_rows(rows: Any, top_i: Any, num_experts: int) -> tuple[Any, Any]:
+    """Every token's chosen experts sorted into tiles, and the rows they read."""
+    assignments = sort_assignments(
+        top_i, ops.ones_like(top_i, dtype="bool"), num_experts
+    )
+    return assignments, ops.take(rows, assignments.slot_tokens, axis=0)
 
 
 def _gate_up(bank: Any, activation: Callable, float32_activation: bool) -> Callable:
@@ -495,11 +500,8 @@ def _gpt_oss_call(block, hidden_states):
     one_hot = ops.cast(ops.one_hot(top_i, router.num_experts), top_p.dtype)
     router_scores = ops.sum(one_hot * top_p[..., None], axis=1)
     experts = block.experts
-    assignments = sort_assignments(
-        top_i, ops.ones_like(top_i, dtype="bool"), experts.num_experts
-    )
+    assignments, padded = _chosen_rows(flat, top_i, experts.num_experts)
     layout = assignments.layout
-    padded = ops.take(flat, assignments.slot_tokens, axis=0)
     gate_up = tiled_product(
         padded, experts.gate_up_proj, layout, bias=experts.gate_up_proj_bias
     )
@@ -520,11 +522,8 @@ def _gemma4_call(bank, x, dispatch_weights, *, top_k):
     dtype = x.dtype
     _, top_i = ops.top_k(dispatch_weights, k=top_k)
     top_p = ops.take_along_axis(ops.cast(dispatch_weights, dtype), top_i, axis=-1)
-    assignments = sort_assignments(
-        top_i, ops.ones_like(top_i, dtype="bool"), bank.num_experts
-    )
+    assignments, padded = _chosen_rows(x, top_i, bank.num_experts)
     layout = assignments.layout
-    padded = ops.take(x, assignments.slot_tokens, axis=0)
     gate = tiled_product(padded, ops.cast(bank.gate_proj, dtype), layout)
     up = tiled_product(padded, ops.cast(bank.up_proj, dtype), layout)
     gate = ops.cast(
