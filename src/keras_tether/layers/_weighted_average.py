@@ -22,9 +22,10 @@ from keras_tether._validation import (
 
 # Keeps the normalization finite for constant inputs; statistics are float32.
 _NORMALIZATION_EPSILON = 1e-6
-# Up to this many inputs, a list is mixed by a running sum `w_1 * x_1 + ...`,
-# which reads each input once and copies none; above it, by one weighted sum
-# of the stacked inputs (see `WeightedAverage.call`).
+# Up to this many branches, inputs are mixed by a running sum
+# `w_1 * x_1 + ...` (a stacked input is unstacked first), which reads each
+# input once; above it, by one weighted sum along the stacked branch axis
+# (see `WeightedAverage.call`).
 _RUNNING_SUM_MAX_BRANCHES = 16
 # Slack allowed when checking that `initial_weights` sum to one, per branch.
 _SUM_TOLERANCE = 1e-6
@@ -363,7 +364,17 @@ class WeightedAverage(keras.layers.Layer):
             )
             stacked = self._normalize(stacked, mask, axes=axes)
         weights = self._mixture(bool(training))
-        return ops.sum(stacked * weights, axis=self._stacked_branch_axis)
+        axis = self._stacked_branch_axis
+        # As for a list of inputs: with few branches, a sum along the branch
+        # axis (a reduction over a middle axis, slow on XLA's CPU backend)
+        # costs more than one product and one addition per branch.
+        if self._num_branches <= _RUNNING_SUM_MAX_BRANCHES:
+            return _running_sum(
+                ops.unstack(stacked, num=self._num_branches, axis=axis),
+                weights,
+                axis=axis,
+            )
+        return ops.sum(stacked * weights, axis=axis)
 
     def compute_output_shape(self, input_shape: Shape | Sequence[Shape]) -> tuple:
         if self.branch_axis is not None:
@@ -587,13 +598,13 @@ def weighted_average(inputs: Sequence[Tensor], **kwargs: Any) -> Tensor:
     return WeightedAverage(**kwargs)(inputs)
 
 
-def _running_sum(inputs: list[Tensor], weights: Tensor) -> Tensor:
-    """`sum_i weights[:, i] * inputs[i]`, one product and one sum per input.
+def _running_sum(inputs: list[Tensor], weights: Tensor, axis: int = 1) -> Tensor:
+    """`sum_i weights[..., i, ...] * inputs[i]`, one product and one sum per input.
 
-    `weights` has the branches along axis 1 and size 1 or the feature size
+    `weights` has the branches along `axis` and size 1 or the feature size
     along the others; each input broadcasts against its slice.
     """
-    branch_weights = ops.unstack(weights, num=len(inputs), axis=1)
+    branch_weights = ops.unstack(weights, num=len(inputs), axis=axis)
     output = inputs[0] * branch_weights[0]
     for x, weight in zip(inputs[1:], branch_weights[1:], strict=True):
         output = output + x * weight
