@@ -109,8 +109,16 @@ def test_vectorized_map_maps_nested_elements():
 # Each branch computes what a separate copy computes.
 
 
-def test_mlp_branches_equal_a_numpy_reference():
-    ensemble = Ensemble(_mlp(), branches=BRANCHES, seed=0)
+# Unrolled or vectorized, the branches compute the same numbers: the tests
+# that check numbers run both ways on every backend.
+UNROLL = pytest.mark.parametrize(
+    "unroll", [False, True], ids=["vectorized", "unrolled"]
+)
+
+
+@UNROLL
+def test_mlp_branches_equal_a_numpy_reference(unroll):
+    ensemble = Ensemble(_mlp(), branches=BRANCHES, seed=0, unroll=unroll)
     x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
     y = _np(ensemble(x))
     assert y.shape == (5, BRANCHES, 2)
@@ -121,9 +129,10 @@ def test_mlp_branches_equal_a_numpy_reference():
         np.testing.assert_allclose(y[:, n], expected, rtol=1e-5, atol=1e-6)
 
 
-def test_per_branch_inputs_slice_the_branch_axis():
+@UNROLL
+def test_per_branch_inputs_slice_the_branch_axis(unroll):
     ensemble = Ensemble(
-        keras.layers.Dense(3), branches=BRANCHES, per_branch_inputs=True
+        keras.layers.Dense(3), branches=BRANCHES, per_branch_inputs=True, unroll=unroll
     )
     x = np.random.default_rng(1).normal(size=(2, BRANCHES, 4)).astype("float32")
     y = _np(ensemble(x))
@@ -134,9 +143,10 @@ def test_per_branch_inputs_slice_the_branch_axis():
         Ensemble(keras.layers.Dense(3), branches=4, per_branch_inputs=True)(x)
 
 
-def test_cnn_with_batch_norm_equals_separate_models_and_keeps_own_statistics():
+@UNROLL
+def test_cnn_with_batch_norm_equals_separate_models_and_keeps_own_statistics(unroll):
     models = [_cnn() for _ in range(BRANCHES)]
-    ensemble = Ensemble.from_models(models)
+    ensemble = Ensemble.from_models(models, unroll=unroll)
     x = np.random.default_rng(2).normal(size=(4, 6, 6, 1)).astype("float32")
     with warnings.catch_warnings():
         # Vectorized on every backend: no branch-by-branch fallback.
@@ -248,10 +258,46 @@ def test_initialization_uses_the_fans_of_one_copy_and_the_seed():
     assert not np.allclose(_np(other.weights[0]), stack)
 
 
-def test_dropout_draws_a_different_mask_per_branch():
+def _traced_op_types(ensemble, x):
+    import tensorflow as tf
+
+    ensemble(x)  # built eagerly, then traced
+    graph = tf.function(ensemble).get_concrete_function(x).graph
+    return [op.type for op in graph.get_operations()]
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="reads a TensorFlow graph"
+)
+def test_default_unrolls_on_tensorflow_without_an_accelerator():
+    import tensorflow as tf
+
+    x = tf.constant(np.ones((2, 4), "float32"))
+    accelerated = any(
+        device.device_type != "CPU" for device in tf.config.list_logical_devices()
+    )
+    default = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES), x)
+    vectorized = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES, unroll=False), x)
+    unrolled = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES, unroll=True), x)
+    # Unrolled: each branch its own two matrix products; vectorized: the
+    # second product batched over the branches.
+    assert unrolled.count("MatMul") == 2 * BRANCHES
+    assert "BatchMatMulV2" not in unrolled
+    assert "BatchMatMulV2" in vectorized
+    assert default == (vectorized if accelerated else unrolled)
+
+
+def test_unroll_is_kept_in_the_config():
+    for unroll in (None, False, True):
+        ensemble = Ensemble(_mlp(), branches=2, unroll=unroll)
+        assert Ensemble.from_config(ensemble.get_config()).unroll is unroll
+
+
+@UNROLL
+def test_dropout_draws_a_different_mask_per_branch(unroll):
     dense = keras.layers.Dense(256, kernel_initializer="ones")
     template = keras.Sequential([keras.Input((1,)), dense, keras.layers.Dropout(0.5)])
-    ensemble = Ensemble(template, branches=4, seed=1)
+    ensemble = Ensemble(template, branches=4, seed=1, unroll=unroll)
     x = np.ones((2, 1), "float32")
     inference = _np(ensemble(x))
     np.testing.assert_allclose(inference, np.ones_like(inference))
@@ -378,6 +424,8 @@ def test_from_models_refuses_unlike_models():
         ({"branches": True}, TypeError, "branches=True"),
         ({"branches": 2, "per_branch_inputs": 1}, TypeError, "per_branch_inputs=1"),
         ({"branches": 2, "seed": "1"}, TypeError, "seed='1'"),
+        ({"branches": 2, "unroll": "auto"}, TypeError, "unroll='auto'"),
+        ({"branches": 2, "unroll": 1}, TypeError, "unroll=1"),
     ],
 )
 def test_bad_arguments_name_the_argument(kwargs, error, text):
@@ -475,15 +523,16 @@ def _stacked_separate_model(models):
     return keras.Model(inputs, outputs)
 
 
+@UNROLL
 @pytest.mark.parametrize("jit_compile", [False, True])
-def test_training_equals_separate_models(jit_compile):
+def test_training_equals_separate_models(jit_compile, unroll):
     if jit_compile and keras.backend.backend() == "torch":
         pytest.skip("torch's jit_compile (torch.compile) is slow to start")
     rng = np.random.default_rng(12)
     x = rng.normal(size=(8, 4)).astype("float32")
     target = rng.normal(size=(8, BRANCHES, 2)).astype("float32")
     separate = [_mlp() for _ in range(BRANCHES)]
-    ensemble = Ensemble.from_models(separate)
+    ensemble = Ensemble.from_models(separate, unroll=unroll)
     inputs = keras.Input((4,))
     model = keras.Model(inputs, ensemble(inputs))
     reference = _stacked_separate_model(separate)

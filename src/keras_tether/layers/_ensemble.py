@@ -75,10 +75,32 @@ def _layout_queries_answered() -> Any:
     return LayoutQueriesAnswered
 
 
+@functools.cache
+def _unrolled_by_default() -> bool:
+    """Whether an `Ensemble` with `unroll=None` runs its branches unrolled.
+
+    On TensorFlow without an accelerator Keras compiles models without XLA,
+    and nothing fuses away what a vectorized map adds: the transposes of the
+    branch axis and the broadcast bias additions that a single branch does
+    in one fused matrix product. Unrolled, each branch keeps those fused
+    kernels and TensorFlow runs the branches side by side; the stacked
+    variables still take one optimizer update each.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    devices = keras.distribution.list_devices()
+    return all(device.lower().startswith("cpu") for device in devices)
+
+
 def _loop_map(function: Callable, elements: Any) -> Any:
-    branches = keras.tree.flatten(elements)[0].shape[0]
+    leaves = keras.tree.flatten(elements)
+    branches = leaves[0].shape[0]
+    # One unstacking per tensor, not one slicing per tensor and branch.
+    slices = [ops.unstack(leaf, num=branches, axis=0) for leaf in leaves]
     outputs = [
-        function(keras.tree.map_structure(lambda x, i=index: x[i], elements))
+        function(
+            keras.tree.pack_sequence_as(elements, [leaf[index] for leaf in slices])
+        )
         for index in range(branches)
     ]
     return keras.tree.map_structure(lambda *xs: ops.stack(xs), *outputs)
@@ -147,9 +169,11 @@ class Ensemble(keras.layers.Layer):
     (any Keras layer or model: `Sequential`, functional, subclassed, Keras'
     built-in layers, this library's layers), exactly what `branches`
     separately built copies compute. The copies' variables are held stacked,
-    each with a leading axis of size `branches`, and all branches run as one
-    vectorized call (`keras.ops.vectorized_map` over
-    `layer.stateless_call`), not as `branches` calls.
+    each with a leading axis of size `branches`, and all branches run in
+    one call of this layer: one vectorized call of the copy
+    (`keras.ops.vectorized_map`), or, unrolled, `branches` calls of the copy
+    in one graph, each on its slice of the stacked variables (see
+    `unroll`).
 
     With `per_branch_inputs=False` (the default) every branch reads the same
     input `x` of shape `(batch, ...)`; with `per_branch_inputs=True` the
@@ -186,6 +210,14 @@ class Ensemble(keras.layers.Layer):
             Defaults to `False`: every branch reads the whole input.
         seed: Optional integer, makes the initial weights and the random
             draws of the branches reproducible. Defaults to `None`.
+        unroll: `None`, `True` or `False`. If `True`, the branches run
+            unrolled, as `branches` calls of the copy in one graph (as an
+            unrolled recurrent layer runs its steps); if `False`, as one
+            vectorized call. Both compute the same numbers and keep the
+            variables stacked; they differ in speed. Defaults to `None`:
+            unrolled on TensorFlow when it sees no GPU or TPU (Keras then
+            compiles without XLA, and nothing fuses away the transposes that
+            vectorizing adds), vectorized otherwise.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -225,6 +257,7 @@ class Ensemble(keras.layers.Layer):
         branches: int,
         per_branch_inputs: bool = False,
         seed: int | None = None,
+        unroll: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if not isinstance(layer, keras.layers.Layer):
@@ -241,8 +274,14 @@ class Ensemble(keras.layers.Layer):
                 "Expected `seed` to be an integer or `None`. "
                 f"Received: seed={seed!r} of type {type(seed).__name__}"
             )
+        if unroll is not None and not isinstance(unroll, bool):
+            raise TypeError(
+                "Expected `unroll` to be `True`, `False` or `None`. "
+                f"Received: unroll={unroll!r} of type {type(unroll).__name__}"
+            )
         super().__init__(**kwargs)
         self.branches = branches
+        self.unroll = unroll
         self.per_branch_inputs = per_branch_inputs
         self.seed = None if seed is None else int(seed)
         self._template = _Holder(keras.saving.serialize_keras_object(layer))
@@ -460,7 +499,8 @@ class Ensemble(keras.layers.Layer):
         return keras.tree.map_structure(lambda x: ops.moveaxis(x, 0, 1), outputs)
 
     def _map_branches(self, function: Callable, elements: Any) -> Any:
-        if self._template.loop:
+        unroll = _unrolled_by_default() if self.unroll is None else self.unroll
+        if unroll or self._template.loop:
             return _loop_map(function, elements)
         try:
             return vectorized_map(function, elements)
@@ -630,6 +670,7 @@ class Ensemble(keras.layers.Layer):
                 "branches": self.branches,
                 "per_branch_inputs": self.per_branch_inputs,
                 "seed": self.seed,
+                "unroll": self.unroll,
             }
         )
         return config
