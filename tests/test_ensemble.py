@@ -258,33 +258,45 @@ def test_initialization_uses_the_fans_of_one_copy_and_the_seed():
     assert not np.allclose(_np(other.weights[0]), stack)
 
 
-def _traced_op_types(ensemble, x):
-    import tensorflow as tf
-
+def _matrix_products(ensemble, x):
+    """The matrix products, batched or not, that one traced call computes."""
     ensemble(x)  # built eagerly, then traced
-    graph = tf.function(ensemble).get_concrete_function(x).graph
-    return [op.type for op in graph.get_operations()]
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        graph = tf.function(ensemble).get_concrete_function(x).graph
+        return [op.type for op in graph.get_operations() if "MatMul" in op.type]
+    import jax
+
+    trainable = [v.value for v in ensemble.trainable_variables]
+    non_trainable = [v.value for v in ensemble.non_trainable_variables]
+    jaxpr = jax.make_jaxpr(lambda t, n, x: ensemble.stateless_call(t, n, x)[0])(
+        trainable, non_trainable, x
+    )
+    return [
+        str(eqn.params["dimension_numbers"][1])
+        for eqn in jaxpr.jaxpr.eqns
+        if eqn.primitive.name == "dot_general"
+    ]
 
 
 @pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="reads a TensorFlow graph"
+    keras.backend.backend() == "torch", reason="torch is vectorized by default"
 )
-def test_default_unrolls_on_tensorflow_without_an_accelerator():
-    import tensorflow as tf
-
-    x = tf.constant(np.ones((2, 4), "float32"))
-    accelerated = any(
-        device.device_type != "CPU" for device in tf.config.list_logical_devices()
-    )
-    default = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES), x)
-    vectorized = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES, unroll=False), x)
-    unrolled = _traced_op_types(Ensemble(_mlp(), branches=BRANCHES, unroll=True), x)
-    # Unrolled: each branch its own two matrix products; vectorized: the
-    # second product batched over the branches.
-    assert unrolled.count("MatMul") == 2 * BRANCHES
-    assert "BatchMatMulV2" not in unrolled
-    assert "BatchMatMulV2" in vectorized
-    assert default == (vectorized if accelerated else unrolled)
+@pytest.mark.parametrize("branches", [3, 9])
+def test_default_unrolls_without_an_accelerator(branches):
+    x = keras.ops.convert_to_tensor(np.ones((2, 4), "float32"))
+    on_cpu = all(d.startswith("cpu") for d in keras.distribution.list_devices())
+    default = _matrix_products(Ensemble(_mlp(), branches=branches), x)
+    vectorized = _matrix_products(Ensemble(_mlp(), branches=branches, unroll=False), x)
+    unrolled = _matrix_products(Ensemble(_mlp(), branches=branches, unroll=True), x)
+    # Unrolled: each branch its own two matrix products; vectorized: fewer,
+    # at least one of them batched over the branches.
+    assert len(unrolled) == 2 * branches
+    assert len(vectorized) < 2 * branches
+    tensorflow = keras.backend.backend() == "tensorflow"
+    expected_unrolled = on_cpu and (tensorflow or branches <= 8)
+    assert default == (unrolled if expected_unrolled else vectorized)
 
 
 def test_unroll_is_kept_in_the_config():
@@ -463,8 +475,10 @@ def test_unrebuildable_and_unvectorizable_templates_are_refused():
 
     if keras.backend.backend() != "tensorflow":
         # TensorFlow's vectorized map runs what it cannot batch in a loop.
-        with pytest.raises(ValueError, match="value_branching.*vectorized"):
-            Ensemble(ValueBranching(), branches=2)(np.ones((1, 2), "float32"))
+        with pytest.raises(ValueError, match="value_branching.*in one call"):
+            Ensemble(ValueBranching(), branches=2, unroll=False)(
+                np.ones((1, 2), "float32")
+            )
 
 
 # Everything Keras.
@@ -637,7 +651,8 @@ def test_docs_page_runs():
     with open(page) as file:
         text = file.read()
     blocks = [block.split("```")[0] for block in text.split("```python\n")[1:]]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace = {}
     for index, block in enumerate(blocks):
         exec(compile(block, f"docs/ensembles.md block {index}", "exec"), namespace)
+    assert namespace["unrolled"].unroll is True

@@ -75,21 +75,35 @@ def _layout_queries_answered() -> Any:
     return LayoutQueriesAnswered
 
 
-@functools.cache
-def _unrolled_by_default() -> bool:
+# On JAX without an accelerator, up to this many branches run unrolled by
+# default (see `_unrolled_by_default`).
+_JAX_CPU_UNROLL_MAX_BRANCHES = 8
+
+
+def _unrolled_by_default(branches: int) -> bool:
     """Whether an `Ensemble` with `unroll=None` runs its branches unrolled.
 
-    On TensorFlow without an accelerator Keras compiles models without XLA,
-    and nothing fuses away what a vectorized map adds: the transposes of the
-    branch axis and the broadcast bias additions that a single branch does
-    in one fused matrix product. Unrolled, each branch keeps those fused
-    kernels and TensorFlow runs the branches side by side; the stacked
-    variables still take one optimizer update each.
+    Only without an accelerator; there, vectorizing adds work that the
+    branches alone do not do. On TensorFlow, Keras compiles models without
+    XLA, and nothing fuses away what a vectorized map adds: transposes of
+    the branch axis, and bias additions and activations that a single
+    branch does inside its fused matrix product. Unrolled, each branch keeps
+    its fused kernels and TensorFlow runs the branches side by side, at any
+    number of branches. On JAX, XLA's CPU backend is slow at the reductions
+    and windows (batch normalization, pooling) and the random draws of a
+    vectorized map; with many branches, though, the unrolled program
+    compiles and runs far slower than the vectorized one.
     """
-    if keras.backend.backend() != "tensorflow":
+    backend = keras.backend.backend()
+    if backend not in ("tensorflow", "jax") or _has_accelerator():
         return False
+    return backend == "tensorflow" or branches <= _JAX_CPU_UNROLL_MAX_BRANCHES
+
+
+@functools.cache
+def _has_accelerator() -> bool:
     devices = keras.distribution.list_devices()
-    return all(device.lower().startswith("cpu") for device in devices)
+    return not all(device.lower().startswith("cpu") for device in devices)
 
 
 def _loop_map(function: Callable, elements: Any) -> Any:
@@ -215,9 +229,10 @@ class Ensemble(keras.layers.Layer):
             unrolled recurrent layer runs its steps); if `False`, as one
             vectorized call. Both compute the same numbers and keep the
             variables stacked; they differ in speed. Defaults to `None`:
-            unrolled on TensorFlow when it sees no GPU or TPU (Keras then
-            compiles without XLA, and nothing fuses away the transposes that
-            vectorizing adds), vectorized otherwise.
+            without a GPU or TPU, unrolled on TensorFlow (Keras then compiles
+            without XLA, and nothing fuses away the transposes that
+            vectorizing adds) and on JAX up to 8 branches; vectorized
+            otherwise.
         **kwargs: Base layer keyword arguments, such as `name` and `dtype`.
 
     Call arguments:
@@ -485,11 +500,12 @@ class Ensemble(keras.layers.Layer):
         except Exception as error:
             raise ValueError(
                 f"Could not compute the branches of '{template.name}' "
-                f"({type(template).__name__}) as one vectorized call on the "
+                f"({type(template).__name__}) in one call on the "
                 f"{keras.backend.backend()} backend: {type(error).__name__}: "
                 f"{error}. Every layer inside must be computable by "
-                "`keras.ops.vectorized_map`: no Python branching on tensor "
-                "values, no conversion of tensors to NumPy or Python numbers."
+                "`keras.ops.vectorized_map` and in a compiled graph: no "
+                "Python branching on tensor values, no conversion of tensors "
+                "to NumPy or Python numbers."
             ) from error
         weights = [v for v in template.non_trainable_variables if id(v) in stacks]
         for variable, value in zip(weights, new_weights, strict=True):
@@ -499,7 +515,9 @@ class Ensemble(keras.layers.Layer):
         return keras.tree.map_structure(lambda x: ops.moveaxis(x, 0, 1), outputs)
 
     def _map_branches(self, function: Callable, elements: Any) -> Any:
-        unroll = _unrolled_by_default() if self.unroll is None else self.unroll
+        unroll = self.unroll
+        if unroll is None:
+            unroll = _unrolled_by_default(self.branches)
         if unroll or self._template.loop:
             return _loop_map(function, elements)
         try:
