@@ -107,17 +107,27 @@ def _has_accelerator() -> bool:
 
 
 def _loop_map(function: Callable, elements: Any) -> Any:
+    """`function` on each branch's slice of `elements`, one call after another.
+
+    Returns the results as `vectorized_map` does, with one exception: the
+    first of the results (the layer's outputs) is stacked on axis 1, where
+    the layer returns its branch axis, and needs no transpose.
+    """
     leaves = keras.tree.flatten(elements)
     branches = leaves[0].shape[0]
     # One unstacking per tensor, not one slicing per tensor and branch.
     slices = [ops.unstack(leaf, num=branches, axis=0) for leaf in leaves]
-    outputs = [
+    results = [
         function(
             keras.tree.pack_sequence_as(elements, [leaf[index] for leaf in slices])
         )
         for index in range(branches)
     ]
-    return keras.tree.map_structure(lambda *xs: ops.stack(xs), *outputs)
+    outputs, *rest = zip(*results, strict=True)
+    return (
+        keras.tree.map_structure(lambda *xs: ops.stack(xs, axis=1), *outputs),
+        *(keras.tree.map_structure(lambda *xs: ops.stack(xs), *part) for part in rest),
+    )
 
 
 class _Holder:
@@ -512,16 +522,17 @@ class Ensemble(keras.layers.Layer):
             stacks[id(variable)].assign(value)
         if losses:
             self.add_loss(sum(ops.sum(loss) for loss in losses))
-        return keras.tree.map_structure(lambda x: ops.moveaxis(x, 0, 1), outputs)
+        return outputs
 
     def _map_branches(self, function: Callable, elements: Any) -> Any:
+        """`function`'s results on every branch; outputs' branch axis is 1."""
         unroll = self.unroll
         if unroll is None:
             unroll = _unrolled_by_default(self.branches)
         if unroll or self._template.loop:
             return _loop_map(function, elements)
         try:
-            return vectorized_map(function, elements)
+            outputs, *rest = vectorized_map(function, elements)
         except RuntimeError as error:
             # torch.vmap has no batching rule for some operations that Keras'
             # torch backend uses (`.item()` in seeded random draws);
@@ -540,6 +551,10 @@ class Ensemble(keras.layers.Layer):
             )
             self._template.loop = True
             return _loop_map(function, elements)
+        # The vectorized map stacks every result on axis 0; the layer's
+        # outputs carry the branch axis second.
+        outputs = keras.tree.map_structure(lambda x: ops.moveaxis(x, 0, 1), outputs)
+        return (outputs, *rest)
 
     def _branch_seed_states(self) -> dict[int, Tensor]:
         states = {}
