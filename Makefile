@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 BACKENDS ?= tensorflow jax torch
 PYTEST_ARGS ?=
 
-.PHONY: install test test-keras-min test-keras-next demo bench lint format clean dist one-backend docs docs-assets docs-check chromium
+.PHONY: install test test-tensorflow test-jax test-torch test-keras-versions test-keras-min test-keras-next demo bench lint format clean dist one-backend docs docs-assets docs-check chromium
 
 install: $(STAMP)
 
@@ -23,16 +23,27 @@ $(STAMP): pyproject.toml
 	-$(BIN)/pip install --quiet --no-deps "keras-hub==0.32.0" regex tokenizers || echo "keras-hub not installed: its peer test will be skipped"
 	touch $(STAMP)
 
+# `make test` runs the suite once per backend, each in its own process, as
+# many at a time as TEST_JOBS (default: the CPU count); a suite's output is
+# printed whole when it ends. `make test TEST_JOBS=1` runs them one by one.
+TEST_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+# -k: every backend runs and reports, even after one fails.
+PARALLEL_MAKE = $(MAKE) --no-print-directory -k -j$(TEST_JOBS) --output-sync=target
+
 test: $(STAMP)
-	@status=0; \
-	for backend in $(BACKENDS); do \
-		echo "=== pytest on the $$backend backend ==="; \
-		KERAS_BACKEND=$$backend $(BIN)/python -m pytest $(PYTEST_ARGS); \
-		rc=$$?; \
-		if [ $$rc -eq 5 ]; then echo "no tests collected on $$backend"; rc=1; fi; \
-		if [ $$rc -ne 0 ]; then echo "FAILED on the $$backend backend (exit $$rc)"; status=1; fi; \
-	done; \
-	exit $$status
+	@$(PARALLEL_MAKE) $(addprefix test-,$(BACKENDS))
+
+# One backend's suite, e.g. `make test-jax`; pytest's cache is kept per
+# backend, so that suites running side by side do not share it.
+$(addprefix test-,tensorflow jax torch): test-%: $(STAMP)
+	@echo "=== pytest on the $* backend ==="
+	@start=$$(date +%s); \
+	KERAS_BACKEND=$* $(BIN)/python -m pytest -o cache_dir=.pytest_cache/$* $(PYTEST_ARGS); \
+	rc=$$?; \
+	echo "=== pytest on the $* backend took $$(( $$(date +%s) - start )) s ==="; \
+	if [ $$rc -eq 5 ]; then echo "no tests collected on $*"; rc=1; fi; \
+	if [ $$rc -ne 0 ]; then echo "FAILED on the $* backend (exit $$rc)"; fi; \
+	exit $$rc
 
 # The whole suite on one backend with another Keras, installed without its
 # dependencies (those of the latest release suit it) into a folder put first
@@ -55,12 +66,16 @@ define pytest_with_keras
 		"import keras, sys; print('keras', keras.__version__, 'from', keras.__file__); sys.exit(keras.__version__ != '$(3)')" \
 		|| { echo "test-keras-$(1): expected Keras $(3)"; exit 1; }; \
 	echo "=== pytest with Keras $(3) on the $(ALT_KERAS_BACKEND) backend ==="; \
-	KERAS_BACKEND=$(ALT_KERAS_BACKEND) $(BIN)/python -m pytest $(PYTEST_ARGS); \
+	KERAS_BACKEND=$(ALT_KERAS_BACKEND) $(BIN)/python -m pytest -o cache_dir=.pytest_cache/keras-$(1) $(PYTEST_ARGS); \
 	rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "no tests collected with Keras $(3)"; rc=1; fi; \
 	if [ $$rc -ne 0 ]; then echo "FAILED with Keras $(3) (exit $$rc)"; status=1; fi; \
 	exit $$status
 endef
+
+# Both of the runs below, side by side as `make test` runs the backends.
+test-keras-versions: $(STAMP)
+	@$(PARALLEL_MAKE) test-keras-min test-keras-next
 
 test-keras-min: $(STAMP)
 	$(call pytest_with_keras,min,keras==$(KERAS_MIN),$(KERAS_MIN))

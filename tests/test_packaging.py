@@ -1,6 +1,7 @@
 """The package as PyPI and a user of the sdist meet it."""
 
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,13 +59,36 @@ def test_long_description_is_safe_on_pypi():
     assert relative == []
 
 
+# What `make` and the tools write into a clone; none of it goes into a
+# distribution.
+_NOT_SOURCE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    ".keras-alt",
+    ".*_cache",
+    ".hypothesis",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    "dist",
+    "site",
+    "docs-screenshots",
+    "demo-output",
+    "bench-output",
+)
+
+
 @pytest.fixture(scope="module")
 def distributions(tmp_path_factory):
     pytest.importorskip("build")
     out = tmp_path_factory.mktemp("dist")
+    # Built from a copy: the build writes into the tree it builds (`build/`,
+    # the egg-info), and the suites of other backends may be building too.
+    tree = tmp_path_factory.mktemp("tree") / "keras-tether"
+    shutil.copytree(ROOT, tree, ignore=_NOT_SOURCE)
     subprocess.run(
         [sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out)],
-        cwd=ROOT,
+        cwd=tree,
         check=True,
         capture_output=True,
     )
